@@ -1,0 +1,51 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PORT ?= 5000
+PG_DSN ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
+
+.PHONY: demo test test-sqlite test-postgres lint bench soak services browser translations clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+# The demo CRM with the plugin on SQLite in instance/, the sandbox SMTP sink, and seeded data.
+demo: $(STAMP)
+	$(PY) -m plugin.demo --port $(PORT)
+
+# The whole suite, on SQLite and on PostgreSQL (each run in its own database).
+test: $(STAMP) services browser lint
+	$(PY) -m pytest -p no:cacheprovider -n 2 --dist loadfile
+	MARKETING_TEST_DATABASE=postgres $(PY) -m pytest -p no:cacheprovider -n 2 --dist loadfile -m "not browser"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check plugin tests bench
+
+# PostgreSQL and Redis are normally running; start them when they are not.
+services:
+	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start
+	@redis-cli -h 127.0.0.1 ping >/dev/null 2>&1 || redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
+
+# Debian's Chromium for the browser tests (Playwright cannot download browsers here).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+
+translations: $(STAMP)
+	$(VENV)/bin/pybabel extract -F babel.cfg -k mkt_ -k _ -k lazy_gettext -o plugin/translations/marketing.pot plugin
+	$(VENV)/bin/pybabel update -D marketing -i plugin/translations/marketing.pot -d plugin/translations
+	$(VENV)/bin/pybabel compile -D marketing -d plugin/translations
+
+bench: $(STAMP)
+	$(PY) -m bench
+
+soak: $(STAMP) services
+	$(PY) -m pytest -p no:cacheprovider -m slow
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,20 @@
+"""Thin views: load input with a schema, call one service, render or dump the result."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from ..config import Settings
+from . import admin, public
+from .api import register_api
+from .security import exempt_from_host_csrf, install_template_globals
+
+
+def register_blueprints(app: Flask, settings: Settings) -> None:
+    admin_bp = admin.create_blueprint(settings)
+    public_bp = public.create_blueprint(settings)
+    app.register_blueprint(admin_bp, url_prefix=settings.url_prefix)
+    app.register_blueprint(public_bp, url_prefix=settings.public_url_prefix)
+    api_blueprints = register_api(app, settings)
+    install_template_globals(app)
+    exempt_from_host_csrf(app, [admin_bp, public_bp, *api_blueprints])

@@ -1,0 +1,123 @@
+"""Admin pages under ``/marketing``: dashboard, language and time zone, API tokens."""
+
+from __future__ import annotations
+
+from zoneinfo import available_timezones
+
+from flask import Blueprint, abort, flash, g, redirect, render_template, request, session, url_for
+from flask_login import current_user
+from sqlalchemy import func, select
+
+from ..access import PERMISSIONS, can, current_workspace, issue_token
+from ..config import Settings
+from ..extension import get_state
+from ..i18n import SESSION_LOCALE_KEY, SESSION_TZ_KEY, _, available_locales
+from ..models import ApiToken, Contact, SavedView, Tag, utcnow
+from .security import guard_page
+
+
+def create_blueprint(settings: Settings) -> Blueprint:
+    bp = Blueprint(
+        "marketing",
+        __name__,
+        template_folder="../templates",
+        static_folder="../static/marketing",
+        static_url_path="/static",
+    )
+    bp.before_request(guard_page)
+    bp.context_processor(_template_context)
+    bp.add_url_rule("/", view_func=dashboard)
+    bp.add_url_rule("/preferences", view_func=preferences, methods=["POST"])
+    bp.add_url_rule("/tokens", view_func=tokens, methods=["GET", "POST"])
+    bp.add_url_rule("/tokens/<int:token_id>/revoke", view_func=revoke_token, methods=["POST"])
+    return bp
+
+
+def _template_context() -> dict:
+    state = get_state()
+    role = g.get("_marketing_role")
+    return {
+        "mkt": {
+            "base_template": state.settings.base_template,
+            "role": role,
+            "locales": available_locales(),
+            "can": lambda permission: can(permission, state.role_loader),
+            "workspace": g.get("_marketing_workspace"),
+        }
+    }
+
+
+def _workspace_id() -> int:
+    state = get_state()
+    return current_workspace(state.session, state.workspace_key).id
+
+
+def dashboard():
+    state = get_state()
+    ws = _workspace_id()
+    s = state.session
+    counts = {
+        "contacts": s.scalar(select(func.count()).where(Contact.workspace_id == ws)) or 0,
+        "tags": s.scalar(select(func.count()).where(Tag.workspace_id == ws)) or 0,
+        "views": s.scalar(select(func.count()).where(SavedView.workspace_id == ws)) or 0,
+    }
+    return render_template("marketing/dashboard.html", counts=counts)
+
+
+def preferences():
+    state = get_state()
+    locale = request.form.get("locale")
+    tz = request.form.get("timezone")
+    if locale:
+        if locale not in state.settings.locales:
+            abort(400, description="unknown locale")
+        session[SESSION_LOCALE_KEY] = locale
+    if tz:
+        if tz not in available_timezones():
+            abort(400, description="unknown time zone")
+        session[SESSION_TZ_KEY] = tz
+    target = request.form.get("next") or ""
+    # Only paths on this site: never an absolute or protocol-relative URL (no open redirect).
+    if not target.startswith("/") or target.startswith("//") or "\\" in target:
+        target = url_for("marketing.dashboard")
+    return redirect(target)
+
+
+def tokens():
+    state = get_state()
+    ws = _workspace_id()
+    user_id = str(current_user.get_id())
+    new_token = None
+    if request.method == "POST":
+        name = (request.form.get("name") or "").strip()
+        if not name or len(name) > 120:
+            flash(_("Give the token a name of 1 to 120 characters."), "error")
+        else:
+            new_token = issue_token(state.session, workspace_id=ws, user_id=user_id, name=name)
+            state.session.commit()
+    rows = state.session.scalars(
+        select(ApiToken)
+        .where(ApiToken.workspace_id == ws, ApiToken.user_id == user_id)
+        .order_by(ApiToken.created_at.desc())
+    ).all()
+    return render_template("marketing/tokens.html", tokens=rows, new_token=new_token)
+
+
+def revoke_token(token_id: int):
+    state = get_state()
+    row = state.session.scalar(
+        select(ApiToken).where(
+            ApiToken.id == token_id,
+            ApiToken.workspace_id == _workspace_id(),
+            ApiToken.user_id == str(current_user.get_id()),
+        )
+    )
+    if row is None:
+        abort(404)
+    row.revoked_at = utcnow()
+    state.session.commit()
+    flash(_("Token revoked."), "success")
+    return redirect(url_for("marketing.tokens"))
+
+
+__all__ = ["PERMISSIONS", "create_blueprint"]

@@ -1,0 +1,77 @@
+"""Login, role and CSRF checks shared by the plugin's blueprints.
+
+The plugin checks CSRF on its own forms itself (Flask-WTF's token functions), so it works whether
+or not the host runs ``CSRFProtect``; if the host does, the plugin's blueprints are exempted from
+it because API calls with a bearer token carry no CSRF token and public one-click unsubscribe
+posts come from mail clients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from flask import Blueprint, Flask, abort, current_app, g, request
+from flask_login import current_user
+from flask_wtf.csrf import CSRFError, generate_csrf, validate_csrf
+from wtforms import ValidationError as WTFValidationError
+
+from ..access import current_workspace, require
+from ..errors import PermissionDenied
+from ..extension import get_state
+
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def check_csrf() -> None:
+    """Refuse an unsafe request without a valid token (form field or X-CSRFToken header)."""
+    if request.method not in UNSAFE_METHODS:
+        return
+    token = request.form.get("csrf_token") or request.headers.get("X-CSRFToken")
+    try:
+        validate_csrf(token)
+    except (WTFValidationError, CSRFError) as exc:
+        abort(400, description=f"CSRF check failed: {exc}")
+
+
+def guard_page(permission: str = "view"):
+    """Before-request check for pages: logged in (else the host's login), allowed, CSRF-valid.
+
+    Returns a response to short-circuit the request (the host's login redirect), else ``None``.
+    """
+    if not current_user or not current_user.is_authenticated:
+        login_manager = getattr(current_app, "login_manager", None)
+        if login_manager is not None:
+            return login_manager.unauthorized()
+        abort(401)
+    state = get_state()
+    try:
+        g._marketing_role = require(permission, state.role_loader)
+    except PermissionDenied:
+        abort(403)
+    current_workspace(state.session, state.workspace_key)
+    check_csrf()
+    return None
+
+
+def install_template_globals(app: Flask) -> None:
+    """Globals every page needs, the host's included: our translations, CSRF, dates, numbers."""
+    from .. import i18n
+
+    env = app.jinja_env
+    env.globals.setdefault("csrf_token", generate_csrf)
+    env.globals.update(
+        mkt_=i18n.gettext,
+        mkt_ngettext=i18n.ngettext,
+        mkt_locale=i18n.preferred_locale,
+        mkt_locales=i18n.available_locales,
+    )
+    env.filters["mkt_datetime"] = i18n.format_datetime
+    env.filters["mkt_number"] = i18n.format_number
+
+
+def exempt_from_host_csrf(app: Flask, blueprints: Iterable[Blueprint]) -> None:
+    csrf = app.extensions.get("csrf")
+    if csrf is None:
+        return
+    for bp in blueprints:
+        csrf.exempt(bp)

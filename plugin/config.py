@@ -1,0 +1,149 @@
+"""``MARKETING_*`` configuration: defaults in one place, read once into a frozen object.
+
+Deployment knobs live in ``app.config``; anything a user enters in the wizard lives in the
+database.  Reading the keys once at ``init_app`` means a typo fails at start-up, not at the first
+campaign, and that workers never see a half-changed configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import ConfigurationError
+
+#: Every key the plugin reads, without its ``MARKETING_`` prefix, and its default.
+DEFAULTS: dict[str, Any] = {
+    #: Where the admin pages are mounted; the JSON API lives below it at ``/api/v1``.
+    "URL_PREFIX": "/marketing",
+    #: Where tracking, unsubscribe and webhook endpoints are mounted.
+    "PUBLIC_URL_PREFIX": "/m",
+    #: Absolute base URL used in links inside mail (the scheduler has no request to build from).
+    "PUBLIC_BASE_URL": "http://127.0.0.1:5000",
+    #: Template every plugin page extends; a host sets its own layout here.
+    "BASE_TEMPLATE": "marketing/base.html",
+    #: UI languages offered; the first is the default.
+    "LOCALES": ("zh_CN", "en"),
+    #: Time zone in which dates are shown when the user has none.
+    "DEFAULT_TIMEZONE": "Asia/Shanghai",
+    #: Fernet keys (urlsafe base64, 32 bytes) for secrets at rest; the first encrypts.
+    "SECRET_KEYS": (),
+    #: Secret for signed public links; defaults to the app's SECRET_KEY.
+    "TOKEN_SECRET": None,
+    #: SendCloud API base URL (CN: https://api.sendcloud.net/apiv2, SGP: https://api.sendcloud.com/apiv2).
+    "SENDCLOUD_API_BASE": "https://api.sendcloud.net/apiv2",
+    #: Seconds before a provider HTTP call is abandoned.
+    "PROVIDER_TIMEOUT": 15.0,
+    #: Nameservers used for DNS checks; empty means the system resolver.
+    "DNS_NAMESERVERS": (),
+    #: Port of those nameservers.
+    "DNS_PORT": 53,
+    #: Seconds per DNS query.
+    "DNS_TIMEOUT": 3.0,
+    #: Recipients per provider call (SendCloud accepts at most 100).
+    "BATCH_SIZE": 100,
+    #: Default mails per second for a campaign.
+    "SEND_RATE": 50.0,
+    #: Run the scheduler inside this process (only one process of a deployment should).
+    "SCHEDULER_ENABLED": False,
+    #: Seconds between scheduler ticks.
+    "SCHEDULER_TICK_SECONDS": 5,
+    #: ``threads`` (in-process) or ``celery``.
+    "EXECUTION_BACKEND": "threads",
+    #: Broker URL for the celery backend.
+    "CELERY_BROKER_URL": "redis://127.0.0.1:6379/0",
+    #: Minutes between balance and quota syncs.
+    "QUOTA_SYNC_MINUTES": 5,
+    #: Rows per page in tables.
+    "PAGE_SIZE": 50,
+    #: Largest accepted import file, in bytes.
+    "IMPORT_MAX_BYTES": 20 * 1024 * 1024,
+    #: Largest number of rows accepted in one import.
+    "IMPORT_MAX_ROWS": 200_000,
+}
+
+_BACKENDS = frozenset({"threads", "celery"})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Settings:
+    """The plugin's configuration, frozen after ``init_app``."""
+
+    url_prefix: str
+    public_url_prefix: str
+    public_base_url: str
+    base_template: str
+    locales: tuple[str, ...]
+    default_timezone: str
+    secret_keys: tuple[str, ...]
+    token_secret: str
+    sendcloud_api_base: str
+    provider_timeout: float
+    dns_nameservers: tuple[str, ...]
+    dns_port: int
+    dns_timeout: float
+    batch_size: int
+    send_rate: float
+    scheduler_enabled: bool
+    scheduler_tick_seconds: int
+    execution_backend: str
+    celery_broker_url: str
+    quota_sync_minutes: int
+    page_size: int
+    import_max_bytes: int
+    import_max_rows: int
+
+    @property
+    def api_prefix(self) -> str:
+        return f"{self.url_prefix}/api/v1"
+
+
+def _as_tuple(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return tuple(str(v) for v in value)
+
+
+def load_settings(config: Mapping[str, Any]) -> Settings:
+    """Build :class:`Settings` from an app config, raising on values that cannot work."""
+    raw = {key: config.get(f"MARKETING_{key}", default) for key, default in DEFAULTS.items()}
+    token_secret = raw["TOKEN_SECRET"] or config.get("SECRET_KEY")
+    if not token_secret:
+        raise ConfigurationError("set SECRET_KEY or MARKETING_TOKEN_SECRET: public links are signed")
+    batch_size = int(raw["BATCH_SIZE"])
+    if not 1 <= batch_size <= 100:
+        raise ConfigurationError("MARKETING_BATCH_SIZE must be between 1 and 100")
+    backend = str(raw["EXECUTION_BACKEND"])
+    if backend not in _BACKENDS:
+        raise ConfigurationError(f"MARKETING_EXECUTION_BACKEND must be one of {sorted(_BACKENDS)}")
+    locales = _as_tuple(raw["LOCALES"])
+    if not locales:
+        raise ConfigurationError("MARKETING_LOCALES needs at least one locale")
+    return Settings(
+        url_prefix="/" + str(raw["URL_PREFIX"]).strip("/"),
+        public_url_prefix="/" + str(raw["PUBLIC_URL_PREFIX"]).strip("/"),
+        public_base_url=str(raw["PUBLIC_BASE_URL"]).rstrip("/"),
+        base_template=str(raw["BASE_TEMPLATE"]),
+        locales=locales,
+        default_timezone=str(raw["DEFAULT_TIMEZONE"]),
+        secret_keys=_as_tuple(raw["SECRET_KEYS"]),
+        token_secret=str(token_secret),
+        sendcloud_api_base=str(raw["SENDCLOUD_API_BASE"]).rstrip("/"),
+        provider_timeout=float(raw["PROVIDER_TIMEOUT"]),
+        dns_nameservers=_as_tuple(raw["DNS_NAMESERVERS"]),
+        dns_port=int(raw["DNS_PORT"]),
+        dns_timeout=float(raw["DNS_TIMEOUT"]),
+        batch_size=batch_size,
+        send_rate=float(raw["SEND_RATE"]),
+        scheduler_enabled=bool(raw["SCHEDULER_ENABLED"]),
+        scheduler_tick_seconds=int(raw["SCHEDULER_TICK_SECONDS"]),
+        execution_backend=backend,
+        celery_broker_url=str(raw["CELERY_BROKER_URL"]),
+        quota_sync_minutes=int(raw["QUOTA_SYNC_MINUTES"]),
+        page_size=int(raw["PAGE_SIZE"]),
+        import_max_bytes=int(raw["IMPORT_MAX_BYTES"]),
+        import_max_rows=int(raw["IMPORT_MAX_ROWS"]),
+    )

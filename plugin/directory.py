@@ -1,0 +1,263 @@
+"""The host contract: where contacts, tags and saved views come from.
+
+The plugin never assumes the host's tables.  A :class:`ContactDirectory` answers in SQL
+(``Select`` objects of contact ids), so an audience is one query however large it is.  The
+default :class:`SqlDirectory` serves the plugin's own ``marketing_contacts``/``tags``/``views``
+tables; a host with its own contact tables subclasses it (or implements the ABC) to map them.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Literal
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Select, delete, func, insert, select
+from sqlalchemy.orm import Session
+
+from .errors import NotFound
+from .filters import FieldColumns, compile_rules
+from .models import Contact, ContactTag, SavedView, Tag, Workspace
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Segment:
+    """A tag or a saved view, by id."""
+
+    kind: Literal["tag", "view"]
+    id: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ContactRecord:
+    id: int
+    email: str
+    name: str | None
+    company: str | None
+    country: str | None
+    owner_id: str | None
+    custom: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SegmentInfo:
+    id: int
+    name: str
+    count: int
+
+
+class ContactDirectory(abc.ABC):
+    """What the plugin needs from a CRM's contacts.  Every method is scoped by workspace."""
+
+    @abc.abstractmethod
+    def tags(self, session: Session, workspace_id: int) -> list[SegmentInfo]:
+        """Tags a user can pick, with member counts."""
+
+    @abc.abstractmethod
+    def views(self, session: Session, workspace_id: int) -> list[SegmentInfo]:
+        """Saved views a user can pick, with member counts."""
+
+    @abc.abstractmethod
+    def members(self, session: Session, workspace_id: int, segment: Segment) -> Select[Any]:
+        """A ``SELECT`` of the contact ids in a tag or view (one column)."""
+
+    @abc.abstractmethod
+    def addresses(self, workspace_id: int, ids: Select[Any]) -> Select[Any]:
+        """``SELECT contact_id, email`` for the ids given, in the contacts' stable order."""
+
+    @abc.abstractmethod
+    def contacts(
+        self, session: Session, workspace_id: int, ids: Select[Any], *, chunk: int = 1000
+    ) -> Iterator[list[ContactRecord]]:
+        """Stream contact records for personalization, ``chunk`` at a time."""
+
+    @abc.abstractmethod
+    def add_tags(
+        self, session: Session, workspace_id: int, contact_ids: Iterable[int], tag_names: Sequence[str]
+    ) -> int:
+        """Tag contacts (creating missing tags); returns how many new taggings were made."""
+
+    @abc.abstractmethod
+    def remove_tags(
+        self, session: Session, workspace_id: int, contact_ids: Iterable[int], tag_names: Sequence[str]
+    ) -> int:
+        """Untag contacts; returns how many taggings were removed."""
+
+    def owner_of(self, session: Session, workspace_id: int, contact_id: int) -> str | None:
+        """The host user who owns a contact (notified of replies); ``None`` if nobody."""
+        return None
+
+    def count(self, session: Session, workspace_id: int, segment: Segment) -> int:
+        ids = self.members(session, workspace_id, segment).subquery()
+        return session.scalar(select(func.count()).select_from(ids)) or 0
+
+
+def contact_columns() -> FieldColumns:
+    """Columns of ``marketing_contacts`` behind each view field."""
+    return FieldColumns(
+        columns={
+            "email": Contact.email,
+            "email_domain": Contact.email_domain,
+            "email_local": Contact.email_local,
+            "name": Contact.name,
+            "company": Contact.company,
+            "country": Contact.country,
+            "owner": Contact.owner_id,
+            "created_at": Contact.created_at,
+        },
+        custom=lambda key: Contact.custom[key].as_string(),
+    )
+
+
+class SqlDirectory(ContactDirectory):
+    """The plugin's own contact tables (used by the demo CRM and hosts without their own)."""
+
+    def tags(self, session: Session, workspace_id: int) -> list[SegmentInfo]:
+        counts = (
+            select(ContactTag.tag_id, func.count().label("n"))
+            .group_by(ContactTag.tag_id)
+            .subquery()
+        )
+        rows = session.execute(
+            select(Tag.id, Tag.name, func.coalesce(counts.c.n, 0))
+            .outerjoin(counts, counts.c.tag_id == Tag.id)
+            .where(Tag.workspace_id == workspace_id)
+            .order_by(Tag.name)
+        )
+        return [SegmentInfo(id=i, name=n, count=c) for i, n, c in rows]
+
+    def views(self, session: Session, workspace_id: int) -> list[SegmentInfo]:
+        found = session.scalars(
+            select(SavedView).where(SavedView.workspace_id == workspace_id).order_by(SavedView.name)
+        )
+        return [
+            SegmentInfo(id=v.id, name=v.name, count=self.count(session, workspace_id, Segment("view", v.id)))
+            for v in found
+        ]
+
+    def view_condition(self, session: Session, workspace_id: int, rules: dict[str, Any]):
+        tz = ZoneInfo(session.scalar(select(Workspace.timezone).where(Workspace.id == workspace_id)) or "Asia/Shanghai")
+        return compile_rules(rules, contact_columns(), tz)
+
+    def members(self, session: Session, workspace_id: int, segment: Segment) -> Select[Any]:
+        if segment.kind == "tag":
+            tag = session.scalar(
+                select(Tag.id).where(Tag.id == segment.id, Tag.workspace_id == workspace_id)
+            )
+            if tag is None:
+                raise NotFound(f"tag {segment.id}")
+            return (
+                select(ContactTag.contact_id.label("contact_id"))
+                .join(Contact, Contact.id == ContactTag.contact_id)
+                .where(ContactTag.tag_id == tag, Contact.workspace_id == workspace_id)
+            )
+        view = session.scalar(
+            select(SavedView).where(SavedView.id == segment.id, SavedView.workspace_id == workspace_id)
+        )
+        if view is None:
+            raise NotFound(f"view {segment.id}")
+        return self.matching(session, workspace_id, view.rules)
+
+    def matching(self, session: Session, workspace_id: int, rules: dict[str, Any]) -> Select[Any]:
+        """Contact ids matching a rules tree that is not saved yet (the live count of the editor)."""
+        return select(Contact.id.label("contact_id")).where(
+            Contact.workspace_id == workspace_id,
+            self.view_condition(session, workspace_id, rules),
+        )
+
+    def addresses(self, workspace_id: int, ids: Select[Any]) -> Select[Any]:
+        return (
+            select(Contact.id, Contact.email)
+            .where(Contact.workspace_id == workspace_id, Contact.id.in_(ids))
+            .order_by(Contact.id)
+        )
+
+    def contacts(
+        self, session: Session, workspace_id: int, ids: Select[Any], *, chunk: int = 1000
+    ) -> Iterator[list[ContactRecord]]:
+        last_id = 0
+        while True:
+            rows = session.scalars(
+                select(Contact)
+                .where(Contact.workspace_id == workspace_id, Contact.id.in_(ids), Contact.id > last_id)
+                .order_by(Contact.id)
+                .limit(chunk)
+            ).all()
+            if not rows:
+                return
+            last_id = rows[-1].id
+            yield [
+                ContactRecord(
+                    id=c.id,
+                    email=c.email,
+                    name=c.name,
+                    company=c.company,
+                    country=c.country,
+                    owner_id=c.owner_id,
+                    custom=dict(c.custom or {}),
+                )
+                for c in rows
+            ]
+
+    def _tag_ids(self, session: Session, workspace_id: int, names: Sequence[str], create: bool) -> list[int]:
+        clean = sorted({n.strip() for n in names if n and n.strip()})
+        existing = dict(
+            session.execute(
+                select(Tag.name, Tag.id).where(Tag.workspace_id == workspace_id, Tag.name.in_(clean))
+            ).all()
+        )
+        if create:
+            for name in clean:
+                if name not in existing:
+                    tag = Tag(workspace_id=workspace_id, name=name)
+                    session.add(tag)
+                    session.flush()
+                    existing[name] = tag.id
+        return list(existing.values())
+
+    def _own_ids(self, session: Session, workspace_id: int, contact_ids: Iterable[int]) -> list[int]:
+        wanted = sorted({int(i) for i in contact_ids})
+        found: list[int] = []
+        for start in range(0, len(wanted), 500):
+            part = wanted[start : start + 500]
+            found += session.scalars(
+                select(Contact.id).where(Contact.workspace_id == workspace_id, Contact.id.in_(part))
+            ).all()
+        return found
+
+    def add_tags(
+        self, session: Session, workspace_id: int, contact_ids: Iterable[int], tag_names: Sequence[str]
+    ) -> int:
+        ids = self._own_ids(session, workspace_id, contact_ids)
+        added = 0
+        for tag_id in self._tag_ids(session, workspace_id, tag_names, create=True):
+            have = set(
+                session.scalars(select(ContactTag.contact_id).where(ContactTag.tag_id == tag_id)).all()
+            )
+            rows = [{"contact_id": cid, "tag_id": tag_id} for cid in ids if cid not in have]
+            if rows:
+                session.execute(insert(ContactTag), rows)
+                added += len(rows)
+        return added
+
+    def remove_tags(
+        self, session: Session, workspace_id: int, contact_ids: Iterable[int], tag_names: Sequence[str]
+    ) -> int:
+        ids = self._own_ids(session, workspace_id, contact_ids)
+        removed = 0
+        for tag_id in self._tag_ids(session, workspace_id, tag_names, create=False):
+            for start in range(0, len(ids), 500):
+                result = session.execute(
+                    delete(ContactTag).where(
+                        ContactTag.tag_id == tag_id, ContactTag.contact_id.in_(ids[start : start + 500])
+                    )
+                )
+                removed += result.rowcount or 0
+        return removed
+
+    def owner_of(self, session: Session, workspace_id: int, contact_id: int) -> str | None:
+        return session.scalar(
+            select(Contact.owner_id).where(Contact.id == contact_id, Contact.workspace_id == workspace_id)
+        )

@@ -1,0 +1,104 @@
+"""Translations (own Babel domain), the user's language and time zone, and date formatting.
+
+The plugin ships its catalogues under its own domain ``marketing`` so it never collides with the
+host's messages.  If the host already runs Flask-Babel its locale selector decides; otherwise the
+plugin installs one that honours the language a user picked in the plugin.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from babel import Locale, UnknownLocaleError
+from babel.dates import format_datetime as babel_format_datetime
+from babel.numbers import format_decimal
+from flask import current_app, g, has_request_context, request, session
+from flask_babel import Babel, Domain, get_locale
+
+TRANSLATIONS_DIR = Path(__file__).parent / "translations"
+
+domain = Domain(translation_directories=[str(TRANSLATIONS_DIR)], domain="marketing")
+gettext = domain.gettext
+ngettext = domain.ngettext
+lazy_gettext = domain.lazy_gettext
+_ = gettext
+
+SESSION_LOCALE_KEY = "marketing_locale"
+SESSION_TZ_KEY = "marketing_timezone"
+
+
+def _settings():  # local import keeps this module free of the extension at import time
+    return current_app.extensions["marketing"].settings
+
+
+def preferred_locale() -> str:
+    """The language for this request: the user's pick, then the browser's, then the default."""
+    locales = _settings().locales
+    if has_request_context():
+        picked = session.get(SESSION_LOCALE_KEY)
+        if picked in locales:
+            return picked
+        best = request.accept_languages.best_match(
+            [loc.replace("_", "-") for loc in locales] + list(locales)
+        )
+        if best:
+            return best.replace("-", "_")
+    return locales[0]
+
+
+def preferred_timezone() -> str:
+    name = session.get(SESSION_TZ_KEY) if has_request_context() else None
+    return name or _settings().default_timezone
+
+
+def user_timezone() -> ZoneInfo:
+    try:
+        return ZoneInfo(preferred_timezone())
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo(_settings().default_timezone)
+
+
+def install_babel(app) -> None:
+    """Install Flask-Babel with the plugin's selectors unless the host already has one."""
+    if "babel" not in app.extensions:
+        Babel(app, locale_selector=preferred_locale, timezone_selector=preferred_timezone)
+
+
+def current_locale() -> Locale:
+    locale = get_locale()
+    if locale is not None:
+        return locale
+    try:
+        return Locale.parse(preferred_locale())
+    except (ValueError, UnknownLocaleError):
+        return Locale.parse("en")
+
+
+def format_datetime(value: dt.datetime | None, fmt: str = "medium") -> str:
+    """A UTC timestamp shown in the user's time zone and language."""
+    if value is None:
+        return ""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    cache = g.setdefault("_marketing_tz", None) if has_request_context() else None
+    tz = cache or user_timezone()
+    return babel_format_datetime(value, fmt, tzinfo=tz, locale=current_locale())
+
+
+def format_number(value: float | int | None) -> str:
+    if value is None:
+        return "—"
+    return format_decimal(value, locale=current_locale())
+
+
+def available_locales() -> list[tuple[str, str]]:
+    """(code, name in its own language) for the language switcher."""
+    result = []
+    for code in _settings().locales:
+        try:
+            result.append((code, Locale.parse(code).get_display_name(code) or code))
+        except (ValueError, UnknownLocaleError):
+            result.append((code, code))
+    return result

@@ -1,0 +1,36 @@
+"""SQLAlchemy 2 models of the plugin; every table is prefixed ``marketing_``."""
+
+from .base import Base, UTCDateTime, utcnow
+from .campaigns import Campaign, CampaignRecipient, SendBatch, Template
+from .delivery import AccountSnapshot, Event, QuotaLedger, QuotaReservation, Suppression
+from .directory import Contact, ContactTag, CustomField, ImportJob, SavedView, Tag
+from .sending import ProviderAccount, Sender, SendingDomain
+from .workspace import ApiToken, Lease, UserPreference, Workspace
+
+__all__ = [
+    "AccountSnapshot",
+    "ApiToken",
+    "Base",
+    "Campaign",
+    "CampaignRecipient",
+    "Contact",
+    "ContactTag",
+    "CustomField",
+    "Event",
+    "ImportJob",
+    "Lease",
+    "ProviderAccount",
+    "QuotaLedger",
+    "QuotaReservation",
+    "SavedView",
+    "SendBatch",
+    "Sender",
+    "SendingDomain",
+    "Suppression",
+    "Tag",
+    "Template",
+    "UTCDateTime",
+    "UserPreference",
+    "Workspace",
+    "utcnow",
+]

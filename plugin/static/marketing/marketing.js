@@ -1,0 +1,28 @@
+// Small helpers shared by plugin and demo pages: CSRF header for fetch, confirmations, copy.
+(function () {
+  "use strict";
+  const meta = document.querySelector('meta[name="csrf-token"]');
+  window.mktFetch = function (url, options) {
+    options = options || {};
+    options.headers = Object.assign({ "Content-Type": "application/json", "Accept": "application/json" },
+      options.headers || {});
+    if (meta) options.headers["X-CSRFToken"] = meta.content;
+    options.credentials = "same-origin";
+    return fetch(url, options);
+  };
+  // <form data-confirm="..."> asks before submitting (destructive actions).
+  document.addEventListener("submit", function (event) {
+    const form = event.target;
+    const question = form.getAttribute("data-confirm");
+    if (question && !window.confirm(question)) event.preventDefault();
+  });
+  // <button data-copy="text"> copies its text to the clipboard.
+  document.addEventListener("click", function (event) {
+    const button = event.target.closest("[data-copy]");
+    if (!button) return;
+    navigator.clipboard && navigator.clipboard.writeText(button.getAttribute("data-copy"));
+    const label = button.textContent;
+    button.textContent = button.getAttribute("data-copied") || "✓";
+    setTimeout(function () { button.textContent = label; }, 1200);
+  });
+})();
