@@ -64,9 +64,7 @@ def contact_query(
         )
     if tag_id is not None:
         get_tag(session, workspace_id, tag_id)
-        query = query.where(
-            Contact.id.in_(select(ContactTag.contact_id).where(ContactTag.tag_id == tag_id))
-        )
+        query = query.where(Contact.id.in_(select(ContactTag.contact_id).where(ContactTag.tag_id == tag_id)))
     if view_id is not None:
         members = (directory or SqlDirectory()).members(session, workspace_id, Segment("view", view_id))
         query = query.where(Contact.id.in_(members))
@@ -126,9 +124,7 @@ def _apply_fields(contact: Contact, data: dict[str, Any]) -> None:
 
 def create_contact(session: Session, workspace_id: int, data: dict[str, Any]) -> Contact:
     email = normalize_email(data["email"])
-    if session.scalar(
-        select(Contact.id).where(Contact.workspace_id == workspace_id, Contact.email == email)
-    ):
+    if session.scalar(select(Contact.id).where(Contact.workspace_id == workspace_id, Contact.email == email)):
         raise InvalidInput(f"{email} is already a contact", field="email")
     local, domain = split_email(email)
     contact = Contact(
@@ -266,7 +262,13 @@ def validated_rules(rules: Any) -> dict[str, Any]:
 
 
 def create_view(
-    session: Session, workspace_id: int, *, name: str, rules: Any, description: str = "", user_id: str | None = None
+    session: Session,
+    workspace_id: int,
+    *,
+    name: str,
+    rules: Any,
+    description: str = "",
+    user_id: str | None = None,
 ) -> SavedView:
     clean = _clean_name(name)
     if session.scalar(
@@ -330,7 +332,9 @@ def custom_fields(session: Session, workspace_id: int) -> list[CustomField]:
     )
 
 
-def ensure_custom_field(session: Session, workspace_id: int, key: str, label: str | None = None) -> CustomField:
+def ensure_custom_field(
+    session: Session, workspace_id: int, key: str, label: str | None = None
+) -> CustomField:
     field = session.scalar(
         select(CustomField).where(CustomField.workspace_id == workspace_id, CustomField.key == key)
     )

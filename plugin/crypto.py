@@ -23,9 +23,7 @@ class SecretBox:
         try:
             self._fernet = MultiFernet([Fernet(key.encode()) for key in keys])
         except (ValueError, TypeError) as exc:
-            raise ConfigurationError(
-                "MARKETING_SECRET_KEYS holds a value that is not a Fernet key"
-            ) from exc
+            raise ConfigurationError("MARKETING_SECRET_KEYS holds a value that is not a Fernet key") from exc
 
     def encrypt(self, plaintext: str) -> str:
         return self._fernet.encrypt(plaintext.encode()).decode()

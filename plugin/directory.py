@@ -115,11 +115,7 @@ class SqlDirectory(ContactDirectory):
     """The plugin's own contact tables (used by the demo CRM and hosts without their own)."""
 
     def tags(self, session: Session, workspace_id: int) -> list[SegmentInfo]:
-        counts = (
-            select(ContactTag.tag_id, func.count().label("n"))
-            .group_by(ContactTag.tag_id)
-            .subquery()
-        )
+        counts = select(ContactTag.tag_id, func.count().label("n")).group_by(ContactTag.tag_id).subquery()
         rows = session.execute(
             select(Tag.id, Tag.name, func.coalesce(counts.c.n, 0))
             .outerjoin(counts, counts.c.tag_id == Tag.id)
@@ -138,14 +134,14 @@ class SqlDirectory(ContactDirectory):
         ]
 
     def view_condition(self, session: Session, workspace_id: int, rules: dict[str, Any]):
-        tz = ZoneInfo(session.scalar(select(Workspace.timezone).where(Workspace.id == workspace_id)) or "Asia/Shanghai")
+        tz = ZoneInfo(
+            session.scalar(select(Workspace.timezone).where(Workspace.id == workspace_id)) or "Asia/Shanghai"
+        )
         return compile_rules(rules, contact_columns(), tz)
 
     def members(self, session: Session, workspace_id: int, segment: Segment) -> Select[Any]:
         if segment.kind == "tag":
-            tag = session.scalar(
-                select(Tag.id).where(Tag.id == segment.id, Tag.workspace_id == workspace_id)
-            )
+            tag = session.scalar(select(Tag.id).where(Tag.id == segment.id, Tag.workspace_id == workspace_id))
             if tag is None:
                 raise NotFound(f"tag {segment.id}")
             return (

@@ -83,9 +83,7 @@ class Marketing:
         return func
 
     # -- wiring --------------------------------------------------------------------------------
-    def init_app(
-        self, app: Flask, *, db: Any = None, directory: ContactDirectory | None = None
-    ) -> None:
+    def init_app(self, app: Flask, *, db: Any = None, directory: ContactDirectory | None = None) -> None:
         if "marketing" in app.extensions:
             raise RuntimeError("the marketing plugin is already registered on this app")
         db = db or self._db or app.extensions.get("sqlalchemy")

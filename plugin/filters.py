@@ -36,9 +36,7 @@ BUILTIN_FIELDS: dict[str, str] = {
 CUSTOM_PREFIX = "custom."
 CUSTOM_KEY_RE = re.compile(r"^[a-z0-9_]{1,64}$")
 
-TEXT_OPS = frozenset(
-    {"eq", "ne", "contains", "not_contains", "starts_with", "ends_with", "in", "not_in"}
-)
+TEXT_OPS = frozenset({"eq", "ne", "contains", "not_contains", "starts_with", "ends_with", "in", "not_in"})
 PRESENCE_OPS = frozenset({"empty", "not_empty"})
 DATE_OPS = frozenset({"before", "after", "between"})
 ALL_OPS = TEXT_OPS | PRESENCE_OPS | DATE_OPS
@@ -104,9 +102,7 @@ def _check_value(op: str, value: Any) -> None:
             or len(value) > MAX_LIST
             or not all(isinstance(v, str) and v.strip() for v in value)
         ):
-            raise ValidationError(
-                f"a list of 1 to {MAX_LIST} non-empty texts is required", "value"
-            )
+            raise ValidationError(f"a list of 1 to {MAX_LIST} non-empty texts is required", "value")
         return
     if op in ("before", "after"):
         _parse_date(value)
@@ -192,9 +188,7 @@ class FieldColumns:
         return self.columns[name]
 
 
-def compile_rules(
-    rules: Mapping[str, Any], columns: FieldColumns, tz: ZoneInfo
-) -> ColumnElement[bool]:
+def compile_rules(rules: Mapping[str, Any], columns: FieldColumns, tz: ZoneInfo) -> ColumnElement[bool]:
     """Turn an already validated rules tree into a WHERE expression."""
     parts = [
         compile_rules(item, columns, tz) if "match" in item else _compile_rule(item, columns, tz)

@@ -40,9 +40,7 @@ def preferred_locale() -> str:
         picked = session.get(SESSION_LOCALE_KEY)
         if picked in locales:
             return picked
-        best = request.accept_languages.best_match(
-            [loc.replace("_", "-") for loc in locales] + list(locales)
-        )
+        best = request.accept_languages.best_match([loc.replace("_", "-") for loc in locales] + list(locales))
         if best:
             return best.replace("-", "_")
     return locales[0]

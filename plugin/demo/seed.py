@@ -21,18 +21,72 @@ DEMO_USERS = (
 
 SURNAMES = "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘于蒋蔡余杜叶程"
 GIVEN = "伟芳娜秀英敏静丽强磊军洋勇艳杰娟涛明超秀兰霞平刚桂英华建国志强海燕晓东"
-FIRST = ["James", "Mary", "John", "Linda", "David", "Emma", "Lucas", "Sofia", "Noah", "Olivia",
-         "Hans", "Anna", "Pierre", "Marie", "Carlos", "Lucia", "Ahmed", "Fatima", "Ivan", "Olga"]
-LAST = ["Smith", "Müller", "Garcia", "Rossi", "Dubois", "Silva", "Kowalski", "Ivanov", "Khan",
-        "Tanaka", "Brown", "Wilson", "Schmidt", "Martin", "Lopez"]
+FIRST = [
+    "James",
+    "Mary",
+    "John",
+    "Linda",
+    "David",
+    "Emma",
+    "Lucas",
+    "Sofia",
+    "Noah",
+    "Olivia",
+    "Hans",
+    "Anna",
+    "Pierre",
+    "Marie",
+    "Carlos",
+    "Lucia",
+    "Ahmed",
+    "Fatima",
+    "Ivan",
+    "Olga",
+]
+LAST = [
+    "Smith",
+    "Müller",
+    "Garcia",
+    "Rossi",
+    "Dubois",
+    "Silva",
+    "Kowalski",
+    "Ivanov",
+    "Khan",
+    "Tanaka",
+    "Brown",
+    "Wilson",
+    "Schmidt",
+    "Martin",
+    "Lopez",
+]
 FREE_DOMAINS = ["qq.com", "163.com", "126.com", "sina.com", "foxmail.com", "yeah.net", "sohu.com"]
 INTL_FREE = ["gmail.com", "outlook.com", "yahoo.com", "hotmail.com"]
 ROLE_PREFIXES = ["info", "sales", "support", "noreply", "ticket", "admin", "service", "marketing"]
-COUNTRIES = ["China", "Germany", "United States", "Brazil", "India", "Vietnam", "Spain", "Italy",
-             "France", "United Kingdom", "Mexico", "Turkey"]
+COUNTRIES = [
+    "China",
+    "Germany",
+    "United States",
+    "Brazil",
+    "India",
+    "Vietnam",
+    "Spain",
+    "Italy",
+    "France",
+    "United Kingdom",
+    "Mexico",
+    "Turkey",
+]
 INDUSTRIES = ["机械 Machinery", "纺织 Textiles", "电子 Electronics", "化工 Chemicals", "家具 Furniture"]
-TAGS = ["广交会 Canton Fair", "老客户 Existing customer", "潜在客户 Prospect", "经销商 Distributor",
-        "展会2026 Expo 2026", "VIP", "退订风险 At risk"]
+TAGS = [
+    "广交会 Canton Fair",
+    "老客户 Existing customer",
+    "潜在客户 Prospect",
+    "经销商 Distributor",
+    "展会2026 Expo 2026",
+    "VIP",
+    "退订风险 At risk",
+]
 SOURCES = ["website", "expo", "linkedin", "referral", "import"]
 
 
@@ -60,11 +114,14 @@ def _contact(rng: random.Random, n: int) -> dict:
         "email_local": local_part,
         "email_domain": domain_part,
         "name": name,
-        "company": None if "@" in email and domain in FREE_DOMAINS + INTL_FREE else f"{domain.split('.')[0].upper()} Ltd.",
+        "company": None
+        if "@" in email and domain in FREE_DOMAINS + INTL_FREE
+        else f"{domain.split('.')[0].upper()} Ltd.",
         "country": "China" if chinese and rng.random() < 0.7 else rng.choice(COUNTRIES),
         "owner_id": str(rng.choice([2, 3])),
         "custom": {"industry": rng.choice(INDUSTRIES), "source": rng.choice(SOURCES)},
-        "created_at": dt.datetime(2024, 1, 1, tzinfo=dt.UTC) + dt.timedelta(minutes=rng.randrange(0, 1_000_000)),
+        "created_at": dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+        + dt.timedelta(minutes=rng.randrange(0, 1_000_000)),
     }
 
 
@@ -106,19 +163,33 @@ def seed_demo(session: Session, *, contacts: int = 10_000, seed: int = 20261123)
     ensure_custom_field(session, ws, "industry", "行业 Industry")
     ensure_custom_field(session, ws, "source", "来源 Source")
     create_view(
-        session, ws, name="国内免费邮箱 Domestic free mailboxes",
-        rules={"match": "all", "rules": [{"field": "email_domain", "op": "in", "value": FREE_DOMAINS + ["139.com", "aliyun.com"]}]},
+        session,
+        ws,
+        name="国内免费邮箱 Domestic free mailboxes",
+        rules={
+            "match": "all",
+            "rules": [
+                {"field": "email_domain", "op": "in", "value": [*FREE_DOMAINS, "139.com", "aliyun.com"]}
+            ],
+        },
     )
     create_view(
-        session, ws, name="角色地址 Role addresses",
+        session,
+        ws,
+        name="角色地址 Role addresses",
         rules={"match": "all", "rules": [{"field": "email_local", "op": "in", "value": ROLE_PREFIXES}]},
     )
     create_view(
-        session, ws, name="德国机械 German machinery",
-        rules={"match": "all", "rules": [
-            {"field": "country", "op": "eq", "value": "Germany"},
-            {"field": "custom.industry", "op": "contains", "value": "Machinery"},
-        ]},
+        session,
+        ws,
+        name="德国机械 German machinery",
+        rules={
+            "match": "all",
+            "rules": [
+                {"field": "country", "op": "eq", "value": "Germany"},
+                {"field": "custom.industry", "op": "contains", "value": "Machinery"},
+            ],
+        },
     )
     session.commit()
     return True

@@ -72,12 +72,8 @@ class CampaignRecipient(Base):
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    workspace_id: Mapped[int] = mapped_column(
-        ForeignKey("marketing_workspaces.id", ondelete="CASCADE")
-    )
-    campaign_id: Mapped[int] = mapped_column(
-        ForeignKey("marketing_campaigns.id", ondelete="CASCADE")
-    )
+    workspace_id: Mapped[int] = mapped_column(ForeignKey("marketing_workspaces.id", ondelete="CASCADE"))
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("marketing_campaigns.id", ondelete="CASCADE"))
     contact_id: Mapped[int | None] = mapped_column(BigId)
     email: Mapped[str] = mapped_column(String(320))
     template_id: Mapped[int | None]
@@ -103,12 +99,8 @@ class SendBatch(Base):
     __table_args__ = (UniqueConstraint("campaign_id", "seq"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    workspace_id: Mapped[int] = mapped_column(
-        ForeignKey("marketing_workspaces.id", ondelete="CASCADE")
-    )
-    campaign_id: Mapped[int] = mapped_column(
-        ForeignKey("marketing_campaigns.id", ondelete="CASCADE")
-    )
+    workspace_id: Mapped[int] = mapped_column(ForeignKey("marketing_workspaces.id", ondelete="CASCADE"))
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("marketing_campaigns.id", ondelete="CASCADE"))
     seq: Mapped[int]
     idempotency_key: Mapped[str] = mapped_column(String(64), unique=True)
     #: claimed, sending, sent, failed, unknown

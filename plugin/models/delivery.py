@@ -35,9 +35,7 @@ class QuotaLedger(WorkspaceScoped, Base):
     __table_args__ = (UniqueConstraint("account_id", "channel", "day"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    account_id: Mapped[int] = mapped_column(
-        ForeignKey("marketing_provider_accounts.id", ondelete="CASCADE")
-    )
+    account_id: Mapped[int] = mapped_column(ForeignKey("marketing_provider_accounts.id", ondelete="CASCADE"))
     #: ``batch`` or ``trigger``.
     channel: Mapped[str] = mapped_column(String(16))
     day: Mapped[dt.date] = mapped_column(Date)
@@ -73,9 +71,7 @@ class Suppression(WorkspaceScoped, Timestamped, Base):
     reason: Mapped[str] = mapped_column(String(24))
     #: where it came from: ``webhook``, ``link``, ``import``, ``admin:<user>``, ...
     source: Mapped[str] = mapped_column(String(120), default="")
-    campaign_id: Mapped[int | None] = mapped_column(
-        ForeignKey("marketing_campaigns.id", ondelete="SET NULL")
-    )
+    campaign_id: Mapped[int | None] = mapped_column(ForeignKey("marketing_campaigns.id", ondelete="SET NULL"))
 
 
 class Event(WorkspaceScoped, Base):

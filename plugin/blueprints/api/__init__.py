@@ -109,5 +109,3 @@ def authenticate():
         return _error(403, "Forbidden", message="your account has no marketing role")
     current_workspace(state.session, state.workspace_key)
     return None
-
-

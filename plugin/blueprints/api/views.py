@@ -37,7 +37,12 @@ class Views(MethodView):
         allow("views.write")
         ws = workspace_id()
         view = service.create_view(
-            session(), ws, name=data["name"], rules=data["rules"], description=data["description"], user_id=user_id()
+            session(),
+            ws,
+            name=data["name"],
+            rules=data["rules"],
+            description=data["description"],
+            user_id=user_id(),
         )
         count = service.view_count(session(), ws, view.id)
         session().commit()
