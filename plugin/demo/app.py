@@ -76,7 +76,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     marketing.init_app(app)
 
-    from . import cli, views
+    from . import cli, pages_import, pages_sandbox, pages_tags, pages_views, views  # noqa: F401
 
     app.register_blueprint(views.bp)
     app.jinja_env.globals["url_map_endpoints"] = lambda: app.view_functions.keys()

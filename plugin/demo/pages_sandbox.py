@@ -1,0 +1,7 @@
+"""Demo CRM pages (sandbox); routes join the ``crm`` blueprint of ``views.py``."""
+
+from __future__ import annotations
+
+from .views import bp
+
+__all__ = ["bp"]
