@@ -12,8 +12,10 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import Engine
 
+from .migrations_support import VERSION_TABLE
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
-VERSION_TABLE = "marketing_alembic_version"
+__all__ = ["VERSION_TABLE", "current", "downgrade", "revision", "upgrade"]
 
 
 def alembic_config(engine: Engine) -> Config:

@@ -4,17 +4,11 @@ from __future__ import annotations
 
 from alembic import context
 
-from plugin.migrate import VERSION_TABLE
+from plugin.migrations_support import VERSION_TABLE, include_name
 from plugin.models import Base
 
 config = context.config
 target_metadata = Base.metadata
-
-
-def include_name(name, type_, parent_names) -> bool:
-    if type_ == "table":
-        return bool(name) and name.startswith("marketing_")
-    return True
 
 
 def run_migrations_online() -> None:
