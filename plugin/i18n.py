@@ -91,12 +91,19 @@ def format_number(value: float | int | None) -> str:
     return format_decimal(value, locale=current_locale())
 
 
+#: How each language names itself in the switcher (Babel's names are long: "中文 (中国, 简体)").
+LANGUAGE_NAMES = {"zh_CN": "简体中文", "zh_TW": "繁體中文", "en": "English"}
+
+
 def available_locales() -> list[tuple[str, str]]:
     """(code, name in its own language) for the language switcher."""
     result = []
     for code in _settings().locales:
-        try:
-            result.append((code, Locale.parse(code).get_display_name(code) or code))
-        except (ValueError, UnknownLocaleError):
-            result.append((code, code))
+        name = LANGUAGE_NAMES.get(code)
+        if name is None:
+            try:
+                name = Locale.parse(code).get_display_name(code) or code
+            except (ValueError, UnknownLocaleError):
+                name = code
+        result.append((code, name))
     return result
