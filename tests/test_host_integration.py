@@ -99,9 +99,11 @@ def test_api_errors_are_json_but_host_errors_are_not(host):
     client = host.test_client()
     client.get("/host/login/1")
     api_missing = client.get("/growth/api/v1/nothing-here")
-    assert api_missing.status_code == 404 and api_missing.is_json
+    assert api_missing.status_code == 404
+    assert api_missing.is_json
     host_missing = client.get("/host/nothing-here")
-    assert host_missing.status_code == 404 and not host_missing.is_json
+    assert host_missing.status_code == 404
+    assert not host_missing.is_json
 
 
 def test_workspace_hook_scopes_records(host):
