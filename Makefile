@@ -38,9 +38,14 @@ browser:
 	@command -v chromium >/dev/null 2>&1 && fc-list :lang=zh 2>/dev/null | grep -q . || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-cjk >/dev/null; }
 
+# Extract the plugin's messages, merge them into the Chinese catalogue, compile it.
 translations: $(STAMP)
-	$(VENV)/bin/pybabel extract -F babel.cfg -k mkt_ -k _ -k lazy_gettext -o plugin/translations/marketing.pot plugin
-	$(VENV)/bin/pybabel update -D marketing -i plugin/translations/marketing.pot -d plugin/translations
+	$(VENV)/bin/pybabel extract -F babel.cfg -k mkt_ -k _ -k lazy_gettext -k mkt_ngettext:1,2 \
+	  --no-location --sort-output -o plugin/translations/marketing.pot plugin
+	test -f plugin/translations/zh_Hans_CN/LC_MESSAGES/marketing.po || \
+	  $(VENV)/bin/pybabel init -D marketing -l zh_Hans_CN -i plugin/translations/marketing.pot -d plugin/translations
+	$(VENV)/bin/pybabel update -D marketing -l zh_Hans_CN --no-fuzzy-matching \
+	  -i plugin/translations/marketing.pot -d plugin/translations
 	$(VENV)/bin/pybabel compile -D marketing -d plugin/translations
 
 bench: $(STAMP)
