@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
+
+from flask import Flask
 
 from .. import migrate
+from ..sandbox import SmtpSink
 from .app import create_app
 from .models import db
 from .seed import DEMO_USERS, seed_demo
@@ -15,6 +19,12 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--contacts", type=int, default=10_000, help="synthetic contacts to seed")
+    parser.add_argument(
+        "--smtp-port",
+        type=int,
+        default=None,
+        help="port of the sandbox SMTP sink (default: SANDBOX_SMTP_PORT, else 2525; 0 = any free port)",
+    )
     args = parser.parse_args()
 
     app = create_app({"MARKETING_PUBLIC_BASE_URL": f"http://{args.host}:{args.port}"})
@@ -23,7 +33,7 @@ def main() -> None:
         migrate.upgrade(db.engine)
         if seed_demo(db.session, contacts=args.contacts):
             print(f"Seeded {args.contacts} demo contacts.")
-    sink = app.extensions.get("sandbox_smtp")
+    sink = start_sink(app, args.smtp_port)
     url = f"http://{args.host}:{args.port}/"
     print("\n  Demo CRM with the marketing plugin")
     print(f"  Open {url}")
@@ -31,7 +41,35 @@ def main() -> None:
     if sink is not None:
         print(f"  Sandbox SMTP sink on {sink.host}:{sink.port} (captured mail: {url}crm/sandbox/mail)")
     print()
-    app.run(host=args.host, port=args.port, debug=False, use_reloader=False, threaded=True)
+    try:
+        app.run(host=args.host, port=args.port, debug=False, use_reloader=False, threaded=True)
+    finally:
+        if sink is not None:
+            sink.stop()
+
+
+def start_sink(app: Flask, port: int | None = None) -> SmtpSink | None:
+    """Start the sandbox SMTP sink and attach it as ``app.extensions["sandbox_smtp"]``.
+
+    The port comes from ``--smtp-port``, else the ``SANDBOX_SMTP_PORT`` environment variable, else
+    the app's ``SANDBOX_SMTP_PORT`` setting.  A busy port falls back to a free one (said aloud), so
+    a second demo or another mail catcher does not stop the CRM from starting.
+    """
+    if port is None:
+        port = int(os.environ.get("SANDBOX_SMTP_PORT") or app.config.get("SANDBOX_SMTP_PORT", 2525))
+    sink = SmtpSink("127.0.0.1", port)
+    try:
+        sink.start()
+    except OSError as exc:
+        print(f"  Sandbox SMTP sink: {exc}; using a free port instead.")
+        sink = SmtpSink("127.0.0.1", 0)
+        try:
+            sink.start()
+        except OSError as again:
+            print(f"  Sandbox SMTP sink not started: {again}")
+            return None
+    app.extensions["sandbox_smtp"] = sink
+    return sink
 
 
 if __name__ == "__main__":
