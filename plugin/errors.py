@@ -71,3 +71,26 @@ class DnsCheckError(MarketingError):
 
 class ImportFileError(MarketingError):
     """An import file cannot be read at all (encoding, format, size); nothing was imported."""
+
+
+class AuthenticationFailed(ProviderError):
+    """The provider refused the credentials (SendCloud 40005): permanent until they change."""
+
+
+class DuplicateRequest(ProviderError):
+    """The provider already accepted a request with this idempotency key (SendCloud 40000).
+
+    The runner treats this as "accepted earlier": the mail must not be sent again.
+    """
+
+
+class ProviderQuotaExceeded(ProviderError):
+    """The provider says the daily quota or the balance is used up: pause until it returns."""
+
+
+class Throttled(ProviderError):
+    """The provider asks us to slow down: retry later with backoff."""
+
+
+class WebhookRejected(MarketingError):
+    """A webhook post failed verification (signature, timestamp, shape); it changes nothing."""

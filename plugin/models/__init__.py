@@ -4,7 +4,7 @@ from .base import Base, UTCDateTime, utcnow
 from .campaigns import Campaign, CampaignRecipient, SendBatch, Template
 from .delivery import AccountSnapshot, Event, QuotaLedger, QuotaReservation, Suppression
 from .directory import Contact, ContactTag, CustomField, ImportJob, SavedView, Tag
-from .sending import ProviderAccount, Sender, SendingDomain
+from .sending import ProviderAccount, Sender, SendingDomain, SetupState
 from .workspace import ApiToken, Lease, UserPreference, Workspace
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "SendBatch",
     "Sender",
     "SendingDomain",
+    "SetupState",
     "Suppression",
     "Tag",
     "Template",

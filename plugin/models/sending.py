@@ -27,9 +27,16 @@ class ProviderAccount(WorkspaceScoped, Timestamped, Base):
     status: Mapped[str] = mapped_column(String(16), default="active")
     api_user: Mapped[str | None] = mapped_column(String(120))
     api_key_encrypted: Mapped[str | None] = mapped_column(Text)
+    #: The batch-type API_USER bound to the sending domain, and its own key.
     batch_api_user: Mapped[str | None] = mapped_column(String(120))
+    batch_api_key_encrypted: Mapped[str | None] = mapped_column(Text)
+    #: The trigger-type API_USER (transactional mail), and its own key.
     trigger_api_user: Mapped[str | None] = mapped_column(String(120))
+    trigger_api_key_encrypted: Mapped[str | None] = mapped_column(Text)
     webhook_app_key_encrypted: Mapped[str | None] = mapped_column(Text)
+    #: Where the provider posts events for this account (contains the workspace's signed token).
+    webhook_url: Mapped[str | None] = mapped_column(String(500))
+    webhook_registered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     smtp_host: Mapped[str | None] = mapped_column(String(255))
     smtp_port: Mapped[int | None]
     #: ``ssl``, ``starttls`` or ``none``.
@@ -73,6 +80,30 @@ class Sender(WorkspaceScoped, Timestamped, Base):
     from_name: Mapped[str] = mapped_column(String(200), default="")
     reply_to: Mapped[str | None] = mapped_column(String(320))
     reply_to_verified_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    reply_to_verification_sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     company_name: Mapped[str] = mapped_column(String(200), default="")
     postal_address: Mapped[str] = mapped_column(Text, default="")
     is_default: Mapped[bool] = mapped_column(default=False)
+
+
+class SetupState(WorkspaceScoped, Timestamped, Base):
+    """Where a workspace's onboarding wizard stands, so an admin can leave and come back."""
+
+    __tablename__ = "marketing_setup_states"
+    __table_args__ = (UniqueConstraint("workspace_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    #: domain, credentials, dns, api_users, senders, done
+    step: Mapped[str] = mapped_column(String(24), default="domain")
+    domain_name: Mapped[str | None] = mapped_column(String(253))
+    #: When the admin confirmed that the domain binding cannot be changed later.
+    domain_confirmed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    account_id: Mapped[int | None] = mapped_column(
+        ForeignKey("marketing_provider_accounts.id", ondelete="SET NULL")
+    )
+    domain_id: Mapped[int | None] = mapped_column(
+        ForeignKey("marketing_sending_domains.id", ondelete="SET NULL")
+    )
+    #: Warnings and facts gathered on the way (apex domain, existing MX, account type, ...).
+    notes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    completed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
