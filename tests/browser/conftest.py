@@ -44,7 +44,9 @@ def chromium():
 
 @pytest.fixture
 def page(chromium, live_server, request):
-    context = chromium.new_context(base_url=live_server, locale="zh-CN", viewport={"width": 1360, "height": 900})
+    context = chromium.new_context(
+        base_url=live_server, locale="zh-CN", viewport={"width": 1360, "height": 900}
+    )
     context.set_default_timeout(10_000)
     tab = context.new_page()
     yield tab
