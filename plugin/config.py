@@ -61,6 +61,12 @@ DEFAULTS: dict[str, Any] = {
     "IMPORT_MAX_BYTES": 20 * 1024 * 1024,
     #: Largest number of rows accepted in one import.
     "IMPORT_MAX_ROWS": 200_000,
+    #: Oldest webhook timestamp accepted, in minutes; wide enough for SendCloud's retries (~31 min).
+    "WEBHOOK_MAX_AGE_MINUTES": 45,
+    #: Seconds between automatic DNS re-checks on the setup wizard's records page.
+    "DNS_RECHECK_SECONDS": 30,
+    #: Demo only: run the local SendCloud simulator and DNS responder instead of the real services.
+    "SANDBOX": False,
 }
 
 _BACKENDS = frozenset({"threads", "celery"})
@@ -93,6 +99,9 @@ class Settings:
     page_size: int
     import_max_bytes: int
     import_max_rows: int
+    webhook_max_age_minutes: int = 45
+    dns_recheck_seconds: int = 30
+    sandbox: bool = False
 
     @property
     def api_prefix(self) -> str:
@@ -107,6 +116,13 @@ def _as_tuple(value: Any) -> tuple[str, ...]:
     return tuple(str(v) for v in value)
 
 
+def _as_bool(value: Any) -> bool:
+    """``True``/``"1"``/``"true"``/``"yes"``/``"on"``; environment variables arrive as text."""
+    if isinstance(value, str):
+        return value.strip().lower() in {"1", "true", "yes", "on"}
+    return bool(value)
+
+
 def load_settings(config: Mapping[str, Any]) -> Settings:
     """Build :class:`Settings` from an app config, raising on values that cannot work."""
     raw = {key: config.get(f"MARKETING_{key}", default) for key, default in DEFAULTS.items()}
@@ -119,6 +135,12 @@ def load_settings(config: Mapping[str, Any]) -> Settings:
     backend = str(raw["EXECUTION_BACKEND"])
     if backend not in _BACKENDS:
         raise ConfigurationError(f"MARKETING_EXECUTION_BACKEND must be one of {sorted(_BACKENDS)}")
+    webhook_max_age = int(raw["WEBHOOK_MAX_AGE_MINUTES"])
+    if webhook_max_age < 1:
+        raise ConfigurationError("MARKETING_WEBHOOK_MAX_AGE_MINUTES must be at least 1")
+    recheck = int(raw["DNS_RECHECK_SECONDS"])
+    if recheck < 0:
+        raise ConfigurationError("MARKETING_DNS_RECHECK_SECONDS must be 0 (off) or more")
     locales = _as_tuple(raw["LOCALES"])
     if not locales:
         raise ConfigurationError("MARKETING_LOCALES needs at least one locale")
@@ -146,4 +168,7 @@ def load_settings(config: Mapping[str, Any]) -> Settings:
         page_size=int(raw["PAGE_SIZE"]),
         import_max_bytes=int(raw["IMPORT_MAX_BYTES"]),
         import_max_rows=int(raw["IMPORT_MAX_ROWS"]),
+        webhook_max_age_minutes=webhook_max_age,
+        dns_recheck_seconds=recheck,
+        sandbox=_as_bool(raw["SANDBOX"]),
     )
