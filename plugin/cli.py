@@ -56,3 +56,95 @@ def create_token(user_id: str, name: str, workspace: str) -> None:
     token = issue_token(state.session, workspace_id=ws.id, user_id=user_id, name=name)
     state.session.commit()
     click.echo(token)
+
+
+@cli_group.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--workspace", default="default", show_default=True, help="organization key")
+@click.option("--tag", "tag_name", default=None, help="tag the imported (and matched) contacts")
+@click.option(
+    "--encoding",
+    default="auto",
+    show_default=True,
+    help="auto, utf-8, utf-8-sig, gb18030 (GBK), big5 or latin-1",
+)
+@click.option(
+    "--map",
+    "maps",
+    multiple=True,
+    metavar="TARGET=COLUMN",
+    help="email=Email, name=姓名, custom:industry=行业 ...; COLUMN is a header or a column number. "
+    "Without --map the columns are guessed from the header.",
+)
+@click.option("--update-existing", is_flag=True, help="fill existing contacts with the file's values")
+@click.option("--user", "user_id", default=None, help="host user id recorded on the import")
+def import_contacts(
+    file: str,
+    workspace: str,
+    tag_name: str | None,
+    encoding: str,
+    maps: tuple[str, ...],
+    update_existing: bool,
+    user_id: str | None,
+) -> None:
+    """Import contacts from a CSV, TXT or XLSX FILE and print the report."""
+    from pathlib import Path
+
+    from . import importing
+    from .errors import ImportFileError, InvalidInput
+
+    state = get_state()
+    settings = state.settings
+    path = Path(file)
+    try:
+        table = importing.read_table(
+            path.read_bytes(),
+            path.name,
+            encoding,
+            max_bytes=settings.import_max_bytes,
+            max_rows=settings.import_max_rows,
+        )
+        ws = ensure_workspace(state.session, workspace)
+        if maps:
+            pairs = {}
+            for item in maps:
+                target, sep, column = item.partition("=")
+                if not sep or not target.strip() or not column.strip():
+                    raise click.BadParameter(f"{item!r}: write TARGET=COLUMN", param_hint="--map")
+                pairs[target.strip()] = column.strip()
+            mapping = importing.mapping_from_names(table, pairs)
+        else:
+            mapping = importing.suggest_mapping(
+                table.header, importing.existing_custom_fields(state.session, ws.id)
+            )
+        job = importing.run_import(
+            state.session,
+            ws.id,
+            table,
+            mapping,
+            tag_name=tag_name,
+            user_id=user_id,
+            filename=path.name,
+            update_existing=update_existing,
+        )
+        state.session.commit()
+    except (ImportFileError, InvalidInput) as exc:
+        state.session.rollback()
+        raise click.ClickException(str(exc)) from exc
+    except BaseException:
+        state.session.rollback()
+        raise
+    total_errors = importing.errors_total(job)
+    click.echo(f"import #{job.id}: {path.name} ({job.encoding or 'xlsx'})")
+    for label, value in (
+        ("rows", job.total_rows),
+        ("imported", job.imported),
+        ("updated", job.updated),
+        ("duplicates", job.duplicates),
+        ("errors", total_errors),
+    ):
+        click.echo(f"  {label:<11}{value}")
+    for entry in job.errors[:50]:
+        click.echo(f"  line {entry['line']}: {entry['email'] or '(empty)'}: {entry['reason']}")
+    if total_errors > 50:
+        click.echo(f"  ... {total_errors - 50} more errors (see the import report page)")
