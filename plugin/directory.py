@@ -198,7 +198,8 @@ class SqlDirectory(ContactDirectory):
             ]
 
     def _tag_ids(self, session: Session, workspace_id: int, names: Sequence[str], create: bool) -> list[int]:
-        clean = sorted({n.strip() for n in names if n and n.strip()})
+        # Same spelling rule as creating a tag by hand: runs of whitespace become one space.
+        clean = sorted({" ".join(n.split()) for n in names if n and n.strip()})
         existing = dict(
             session.execute(
                 select(Tag.name, Tag.id).where(Tag.workspace_id == workspace_id, Tag.name.in_(clean))
@@ -229,9 +230,16 @@ class SqlDirectory(ContactDirectory):
         ids = self._own_ids(session, workspace_id, contact_ids)
         added = 0
         for tag_id in self._tag_ids(session, workspace_id, tag_names, create=True):
-            have = set(
-                session.scalars(select(ContactTag.contact_id).where(ContactTag.tag_id == tag_id)).all()
-            )
+            # Only the members among ``ids``: a tag may hold far more contacts than one request.
+            have: set[int] = set()
+            for start in range(0, len(ids), 500):
+                have.update(
+                    session.scalars(
+                        select(ContactTag.contact_id).where(
+                            ContactTag.tag_id == tag_id, ContactTag.contact_id.in_(ids[start : start + 500])
+                        )
+                    )
+                )
             rows = [{"contact_id": cid, "tag_id": tag_id} for cid in ids if cid not in have]
             if rows:
                 session.execute(insert(ContactTag), rows)

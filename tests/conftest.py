@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from cryptography.fernet import Fernet
+from flask import g
 from werkzeug.serving import make_server
 
 from plugin import migrate
@@ -104,10 +105,21 @@ def app_config(database_url) -> dict:
     return _config(database_url)
 
 
+def _fresh_request_globals() -> None:
+    """Start every request with an empty ``g``, as in production.
+
+    The ``app`` fixture keeps an app context pushed, and Flask reuses it for test-client
+    requests, so without this ``g`` (Flask-Login's user, the plugin's cached workspace, the
+    locale) would leak from one request into the next, even across clients.
+    """
+    g.__dict__.clear()
+
+
 @pytest.fixture
 def app(app_config, tmp_path):
     os.environ.setdefault("CRM_INSTANCE_PATH", str(tmp_path))
     application = create_app(dict(app_config))
+    application.before_request_funcs.setdefault(None, []).insert(0, _fresh_request_globals)
     with application.app_context():
         _empty_all_tables()
         yield application

@@ -13,7 +13,8 @@ from ..config import Settings
 from ..extension import get_state
 from ..i18n import SESSION_LOCALE_KEY, SESSION_TZ_KEY, _, available_locales
 from ..models import ApiToken, Contact, SavedView, Tag, utcnow
-from .security import guard_page
+from ..schemas.common import MAX_BIG_ID
+from .security import check_csrf, guard_page, safe_next_url
 
 
 def create_blueprint(settings: Settings) -> Blueprint:
@@ -24,13 +25,26 @@ def create_blueprint(settings: Settings) -> Blueprint:
         static_folder="../static/marketing",
         static_url_path="/static",
     )
-    bp.before_request(guard_page)
+    bp.before_request(_guard)
     bp.context_processor(_template_context)
     bp.add_url_rule("/", view_func=dashboard)
     bp.add_url_rule("/preferences", view_func=preferences, methods=["POST"])
     bp.add_url_rule("/tokens", view_func=tokens, methods=["GET", "POST"])
-    bp.add_url_rule("/tokens/<int:token_id>/revoke", view_func=revoke_token, methods=["POST"])
+    bp.add_url_rule(
+        f"/tokens/<int(min=1,max={MAX_BIG_ID}):token_id>/revoke", view_func=revoke_token, methods=["POST"]
+    )
     return bp
+
+
+def _guard():
+    """Every page needs a login and a role; the static files and the language switch do not:
+    the host's login page uses both, and neither touches data."""
+    if request.endpoint == "marketing.static":
+        return None
+    if request.endpoint == "marketing.preferences":
+        check_csrf()  # the language switch is on the host's login page too
+        return None
+    return guard_page()
 
 
 def _template_context() -> dict:
@@ -76,31 +90,31 @@ def preferences():
         if tz not in available_timezones():
             abort(400, description="unknown time zone")
         session[SESSION_TZ_KEY] = tz
-    target = request.form.get("next") or ""
-    # Only paths on this site: never an absolute or protocol-relative URL (no open redirect).
-    if not target.startswith("/") or target.startswith("//") or "\\" in target:
-        target = url_for("marketing.dashboard")
-    return redirect(target)
+    return redirect(safe_next_url(request.form.get("next"), url_for("marketing.dashboard")))
 
 
 def tokens():
     state = get_state()
     ws = _workspace_id()
     user_id = str(current_user.get_id())
-    new_token = None
+    new_token = error = None
+    name = ""
     if request.method == "POST":
-        name = (request.form.get("name") or "").strip()
-        if not name or len(name) > 120:
-            flash(_("Give the token a name of 1 to 120 characters."), "error")
+        name = " ".join((request.form.get("name") or "").split())
+        if not name or len(name) > 120 or "\x00" in name:
+            error = _("Give the token a name of 1 to 120 characters.")
         else:
             new_token = issue_token(state.session, workspace_id=ws, user_id=user_id, name=name)
             state.session.commit()
+            name = ""
     rows = state.session.scalars(
         select(ApiToken)
         .where(ApiToken.workspace_id == ws, ApiToken.user_id == user_id)
-        .order_by(ApiToken.created_at.desc())
+        .order_by(ApiToken.created_at.desc(), ApiToken.id.desc())
     ).all()
-    return render_template("marketing/tokens.html", tokens=rows, new_token=new_token)
+    page = render_template("marketing/tokens.html", tokens=rows, new_token=new_token, error=error, name=name)
+    # The new token is in this page only: keep it out of every cache.
+    return page, (422 if error else 200), {"Cache-Control": "no-store"}
 
 
 def revoke_token(token_id: int):

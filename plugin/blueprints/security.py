@@ -9,6 +9,7 @@ posts come from mail clients.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, abort, current_app, g, request
 from flask_login import current_user
@@ -31,6 +32,24 @@ def check_csrf() -> None:
         validate_csrf(token)
     except (WTFValidationError, CSRFError) as exc:
         abort(400, description=f"CSRF check failed: {exc}")
+
+
+def safe_next_url(target: str | None, fallback: str) -> str:
+    """``target`` if it is a path on this site, else ``fallback`` (no open redirect).
+
+    Refused: absolute and protocol-relative URLs (``https://x``, ``//x``), backslashes (browsers
+    read ``/\\x`` as ``//x``), and any control character or whitespace, because browsers drop
+    tabs and newlines from URLs, turning ``/\\t/evil.example`` into ``//evil.example``.
+    """
+    target = target or ""
+    if not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return fallback
+    if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in target):
+        return fallback
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc:
+        return fallback
+    return target
 
 
 def guard_page(permission: str = "view"):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from marshmallow import Schema, ValidationError, fields, validate, validates
+import math
 
-from .common import IdList, PageArgs, StrictSchema, TagNames
+from marshmallow import Schema, ValidationError, fields, validate, validates, validates_schema
+
+from .common import MAX_ID, IdList, PageArgs, StrictSchema, TagNames
 
 CUSTOM_KEY = validate.Regexp(r"^[a-z0-9_]{1,64}$", error="custom field keys use a-z, 0-9 and _")
 
@@ -14,14 +16,18 @@ def _check_custom(value: dict) -> None:
         raise ValidationError("at most 100 custom fields")
     for key, item in value.items():
         CUSTOM_KEY(key)
-        if item is not None and not isinstance(item, str | int | float):
+        if item is not None and (isinstance(item, bool) or not isinstance(item, str | int | float)):
             raise ValidationError(f"custom.{key}: a text or number is required")
-        if isinstance(item, str) and len(item) > 1000:
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValidationError(f"custom.{key}: a finite number is required")
+        if isinstance(item, str | int | float) and len(str(item)) > 1000:
             raise ValidationError(f"custom.{key}: at most 1000 characters")
 
 
 class ContactIn(StrictSchema):
-    email = fields.String(required=True, validate=validate.Length(min=3, max=320))
+    email = fields.String(
+        required=True, validate=validate.Length(min=3, max=320), metadata={"format": "email"}
+    )
     name = fields.String(allow_none=True, validate=validate.Length(max=200))
     company = fields.String(allow_none=True, validate=validate.Length(max=200))
     country = fields.String(allow_none=True, validate=validate.Length(max=100))
@@ -36,7 +42,7 @@ class ContactIn(StrictSchema):
 
 
 class ContactPatch(ContactIn):
-    email = fields.String(validate=validate.Length(min=3, max=320))
+    email = fields.String(validate=validate.Length(min=3, max=320), metadata={"format": "email"})
 
 
 class ContactOut(Schema):
@@ -53,8 +59,8 @@ class ContactOut(Schema):
 
 class ContactListArgs(PageArgs):
     q = fields.String(load_default=None, validate=validate.Length(max=200))
-    tag_id = fields.Integer(load_default=None, validate=validate.Range(min=1, max=2**62))
-    view_id = fields.Integer(load_default=None, validate=validate.Range(min=1, max=2**62))
+    tag_id = fields.Integer(load_default=None, validate=validate.Range(min=1, max=MAX_ID))
+    view_id = fields.Integer(load_default=None, validate=validate.Range(min=1, max=MAX_ID))
     sort = fields.String(
         load_default="created_at",
         validate=validate.OneOf(["email", "name", "company", "country", "created_at"]),
@@ -74,6 +80,11 @@ class BulkTagIn(StrictSchema):
     contact_ids = IdList(required=True)
     add = TagNames(load_default=None)
     remove = TagNames(load_default=None)
+
+    @validates_schema
+    def _something_to_do(self, data, **_):
+        if not data.get("add") and not data.get("remove"):
+            raise ValidationError("give tag names to add, to remove, or both", "add")
 
 
 class BulkTagOut(Schema):

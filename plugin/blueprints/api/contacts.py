@@ -6,6 +6,7 @@ from flask.views import MethodView
 
 from ... import contacts as service
 from ...directory import SqlDirectory
+from ...schemas.common import MAX_BIG_ID
 from ...schemas.contacts import (
     BulkDeleteIn,
     BulkTagIn,
@@ -17,7 +18,7 @@ from ...schemas.contacts import (
     ContactPatch,
     DeletedOut,
 )
-from .common import allow, session, workspace_id
+from .common import permission, session, workspace_id
 from .errors import api_blueprint
 
 URL = "/contacts"
@@ -44,10 +45,10 @@ def _out(contacts) -> list[dict]:
 
 @blp.route("")
 class Contacts(MethodView):
+    @permission("contacts.read")
     @blp.arguments(ContactListArgs, location="query")
     @blp.response(200, ContactPageOut)
     def get(self, args):
-        allow("contacts.read")
         page = service.list_contacts(
             session(),
             workspace_id(),
@@ -67,26 +68,26 @@ class Contacts(MethodView):
             "pages": page.pages,
         }
 
+    @permission("contacts.write")
     @blp.arguments(ContactIn)
     @blp.response(201, ContactOut)
     def post(self, data):
-        allow("contacts.write")
         contact = service.create_contact(session(), workspace_id(), data)
         session().commit()
         return _out([contact])[0]
 
 
-@blp.route("/<int:contact_id>")
+@blp.route(f"/<int(min=1,max={MAX_BIG_ID}):contact_id>")
 class ContactItem(MethodView):
+    @permission("contacts.read")
     @blp.response(200, ContactOut)
     def get(self, contact_id):
-        allow("contacts.read")
         return _out([service.get_contact(session(), workspace_id(), contact_id)])[0]
 
+    @permission("contacts.write")
     @blp.arguments(ContactPatch)
     @blp.response(200, ContactOut)
     def patch(self, data, contact_id):
-        allow("contacts.write")
         tags = data.pop("tags", None)
         contact = service.update_contact(session(), workspace_id(), contact_id, data)
         if tags:
@@ -94,9 +95,9 @@ class ContactItem(MethodView):
         session().commit()
         return _out([contact])[0]
 
+    @permission("contacts.write")
     @blp.response(204)
     def delete(self, contact_id):
-        allow("contacts.write")
         service.get_contact(session(), workspace_id(), contact_id)
         service.delete_contacts(session(), workspace_id(), [contact_id])
         session().commit()
@@ -104,10 +105,10 @@ class ContactItem(MethodView):
 
 @blp.route("/bulk-tags")
 class BulkTags(MethodView):
+    @permission("tags.assign")
     @blp.arguments(BulkTagIn)
     @blp.response(200, BulkTagOut)
     def post(self, data):
-        allow("tags.assign")
         directory = SqlDirectory()
         added = removed = 0
         if data["add"]:
@@ -120,10 +121,10 @@ class BulkTags(MethodView):
 
 @blp.route("/bulk-delete")
 class BulkDelete(MethodView):
+    @permission("contacts.write")
     @blp.arguments(BulkDeleteIn)
     @blp.response(200, DeletedOut)
     def post(self, data):
-        allow("contacts.write")
         deleted = service.delete_contacts(session(), workspace_id(), data["contact_ids"])
         session().commit()
         return {"deleted": deleted}

@@ -5,9 +5,9 @@ from __future__ import annotations
 from flask.views import MethodView
 
 from ... import contacts as service
-from ...schemas.common import CountOut
+from ...schemas.common import MAX_ID, CountOut
 from ...schemas.contacts import RulesIn, ViewIn, ViewOut, ViewPatch
-from .common import allow, session, user_id, workspace_id
+from .common import permission, session, user_id, workspace_id
 from .errors import api_blueprint
 
 URL = "/views"
@@ -26,15 +26,15 @@ def _out(view, count: int) -> dict:
 
 @blp.route("")
 class Views(MethodView):
+    @permission("contacts.read")
     @blp.response(200, ViewOut(many=True))
     def get(self):
-        allow("contacts.read")
         return [_out(v, n) for v, n in service.list_views(session(), workspace_id())]
 
+    @permission("views.write")
     @blp.arguments(ViewIn)
     @blp.response(201, ViewOut)
     def post(self, data):
-        allow("views.write")
         ws = workspace_id()
         view = service.create_view(
             session(),
@@ -49,44 +49,44 @@ class Views(MethodView):
         return _out(view, count)
 
 
-@blp.route("/<int:view_id>")
+@blp.route(f"/<int(min=1,max={MAX_ID}):view_id>")
 class ViewItem(MethodView):
+    @permission("contacts.read")
     @blp.response(200, ViewOut)
     def get(self, view_id):
-        allow("contacts.read")
         ws = workspace_id()
         view = service.get_view(session(), ws, view_id)
         return _out(view, service.view_count(session(), ws, view_id))
 
+    @permission("views.write")
     @blp.arguments(ViewPatch)
     @blp.response(200, ViewOut)
     def patch(self, data, view_id):
-        allow("views.write")
         ws = workspace_id()
         view = service.update_view(session(), ws, view_id, data)
         count = service.view_count(session(), ws, view_id)
         session().commit()
         return _out(view, count)
 
+    @permission("views.write")
     @blp.response(204)
     def delete(self, view_id):
-        allow("views.write")
         service.delete_view(session(), workspace_id(), view_id)
         session().commit()
 
 
-@blp.route("/<int:view_id>/count")
+@blp.route(f"/<int(min=1,max={MAX_ID}):view_id>/count")
 class ViewCount(MethodView):
+    @permission("contacts.read")
     @blp.response(200, CountOut)
     def get(self, view_id):
-        allow("contacts.read")
         return {"count": service.view_count(session(), workspace_id(), view_id)}
 
 
 @blp.route("/preview-count")
 class PreviewCount(MethodView):
+    @permission("contacts.read")
     @blp.arguments(RulesIn)
     @blp.response(200, CountOut)
     def post(self, data):
-        allow("contacts.read")
         return {"count": service.count_matching(session(), workspace_id(), data["rules"])}
