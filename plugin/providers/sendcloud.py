@@ -1,0 +1,643 @@
+"""SendCloud (搜狐 SendCloud, API "apiv2") client, provider and webhook verification.
+
+Wire facts this module relies on (see the SendCloud reference, §1, §4, §13.4, §14):
+
+* Every call is a form-encoded POST carrying ``apiUser``/``apiKey`` as ordinary parameters; the
+  key therefore never appears in a URL, and this module never logs request bodies.
+* Success is ``result: true`` in the JSON envelope, *not* ``statusCode == 200`` (address-list
+  sends succeed with 40821).  Business errors arrive as HTTP 200 with ``result: false``.
+* Batch mail goes through ``xsmtpapi`` (``to`` ≤ 100 addresses, ``sub`` maps ``%var%`` to one
+  value per recipient).  ``sendRequestId`` makes a send idempotent for one hour: a repeat is
+  answered 40000 "重复请求", which for us means "already accepted".
+
+Transport rule for sends: a connection that could not even be opened cannot have delivered
+anything, so it is retried once (with the same ``sendRequestId``).  A read timeout, or a
+connection that broke after the request went out, leaves the outcome unknown: we raise a
+retryable ``ProviderError`` and the caller retries later with the SAME idempotency key; if the
+first attempt had been accepted, SendCloud answers 40000 and we raise ``DuplicateRequest``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import hmac
+import json
+import re
+from collections.abc import Mapping, Sequence
+from decimal import Decimal, InvalidOperation
+from typing import Any, Literal
+
+import requests
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+
+from ..errors import (
+    AuthenticationFailed,
+    DuplicateRequest,
+    InvalidInput,
+    ProviderError,
+    ProviderQuotaExceeded,
+    Throttled,
+    WebhookRejected,
+)
+from .base import AccountInfo, BatchMessage, SendResult, TrackingEvent
+
+PROVIDER_NAME = "sendcloud"
+MAX_BATCH_SIZE = 100
+MAX_REQUEST_ID_LENGTH = 128
+
+#: ``verify`` bitmask of a domain (D17 bits plus DMARC = 32 as on the CN site).
+VERIFY_BITS = {"dkim": 1, "spf": 2, "mx": 4, "cname": 8, "ownership": 16, "dmarc": 32}
+
+#: Webhook event names and the numeric codes ``webhook/add`` expects (reference §13.4).
+EVENT_CODES = {
+    "deliver": 1,
+    "report_spam": 3,
+    "invalid": 4,
+    "soft_bounce": 5,
+    "click": 10,
+    "open": 11,
+    "unsubscribe": 12,
+    "request": 18,
+}
+EVENT_NAMES = {code: name for name, code in EVENT_CODES.items()}
+DEFAULT_EVENTS: tuple[str, ...] = tuple(EVENT_CODES)
+#: Every event type a webhook post may carry (``route`` is inbound mail, not configurable here).
+KNOWN_EVENTS = frozenset((*EVENT_CODES, "route"))
+
+#: statusCode → (exception class, retryable).  Anything else is a permanent ``ProviderError``.
+_STATUS_ERRORS: dict[int, tuple[type[ProviderError], bool]] = {
+    40005: (AuthenticationFailed, False),
+    40000: (DuplicateRequest, False),
+    40904: (ProviderQuotaExceeded, True),
+    50000: (Throttled, True),
+    50001: (Throttled, True),
+    40901: (ProviderError, True),  # 邮件发送失败: a transient failure on their side
+    40902: (ProviderError, True),  # 邮件处理发生未知异常
+    501: (ProviderError, True),  # 服务器异常
+}
+
+_TOKEN_LENGTH = 50
+_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+#: Timestamps below this are taken as seconds: as milliseconds they would be before 1973.
+_SECONDS_CUTOFF = 100_000_000_000
+
+
+# --------------------------------------------------------------------------- value types
+
+
+@dataclasses.dataclass(frozen=True)
+class DnsRecord:
+    """One record SendCloud asks the customer to publish for a sending domain."""
+
+    purpose: str  # ownership | spf | dkim | mx | dmarc | cname
+    type: str
+    host: str
+    value: str
+    priority: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class DomainInfo:
+    name: str
+    verify: int
+    records: tuple[DnsRecord, ...]
+
+    def verified(self, purpose: str) -> bool:
+        """Whether SendCloud reports the record for ``purpose`` as found (its ``verify`` bit)."""
+        return bool(self.verify & VERIFY_BITS[purpose])
+
+
+@dataclasses.dataclass(frozen=True)
+class ApiUserInfo:
+    name: str
+    email_type: Literal["batch", "trigger"]
+    domain: str | None
+
+
+# --------------------------------------------------------------------------- parsing helpers
+
+#: (purpose, key prefix in the domain object, record type)
+_DOMAIN_RECORD_KEYS = (
+    ("ownership", "verifyKey", "TXT"),
+    ("spf", "spf", "TXT"),
+    ("dkim", "dkim", "TXT"),
+    ("mx", "mx", "MX"),
+    ("cname", "cname", "CNAME"),
+    ("dmarc", "dmarc", "TXT"),
+)
+
+
+def _domain_from_api(data: Mapping[str, Any]) -> DomainInfo:
+    """Build a ``DomainInfo`` from SendCloud's flat object with dotted keys (``spf.value``)."""
+    name = str(data.get("name") or "")
+    records: list[DnsRecord] = []
+    for purpose, prefix, rtype in _DOMAIN_RECORD_KEYS:
+        value = str(data.get(f"{prefix}.value") or "").strip()
+        if not value:
+            continue
+        host = str(data.get(f"{prefix}.domain") or name).strip()
+        priority = None
+        if rtype == "MX":
+            # The API does not return an MX priority; 10 is what SendCloud's guides show.
+            priority = _as_int(data.get("mx.priority"), 10)
+        records.append(DnsRecord(purpose=purpose, type=rtype, host=host, value=value, priority=priority))
+    return DomainInfo(name=name, verify=_as_int(data.get("verify"), 0), records=tuple(records))
+
+
+def _email_type(value: Any) -> Literal["batch", "trigger"]:
+    """SendCloud returns ``emailType`` as a Chinese string (触发/批量) in lists, an int elsewhere."""
+    text = str(value).strip().lower()
+    if text in {"0", "触发", "trigger"}:
+        return "trigger"
+    return "batch"
+
+
+def _apiuser_from_api(data: Mapping[str, Any]) -> ApiUserInfo:
+    domain = data.get("domainName") or data.get("domain") or None
+    return ApiUserInfo(
+        name=str(data.get("name") or ""), email_type=_email_type(data.get("emailType")), domain=domain
+    )
+
+
+def _as_int(value: Any, default: int) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _as_decimal(value: Any) -> Decimal | None:
+    if value is None or value == "" or isinstance(value, bool):
+        return None
+    try:
+        return Decimal(str(value))
+    except (InvalidOperation, ValueError):
+        return None
+
+
+def _first_present(data: Mapping[str, Any], *keys: str) -> Any:
+    for key in keys:
+        if data.get(key) not in (None, ""):
+            return data[key]
+    return None
+
+
+def account_info_from_userinfo(info: Mapping[str, Any]) -> AccountInfo:
+    """Map ``userinfo/get``'s ``info`` to ``AccountInfo``, tolerating every known spelling.
+
+    The wire key is the misspelled ``avaliableBalance``; the docs spell it ``availableBalance``;
+    the SGP region has no money balance but ``restNum`` (remaining mail credits), which we report
+    as the available amount because it is what limits sending there.
+    """
+    reputation = info.get("reputation")
+    try:
+        reputation_value = float(reputation) if reputation not in (None, "") else None
+    except (TypeError, ValueError):
+        reputation_value = None
+    quota = info.get("quota")
+    used = info.get("todayUsedQuota")
+    return AccountInfo(
+        balance=_as_decimal(info.get("balance")),
+        available_balance=_as_decimal(
+            _first_present(info, "avaliableBalance", "availableBalance", "restNum")
+        ),
+        daily_quota=_as_int(quota, 0) if quota not in (None, "") else None,
+        used_today=_as_int(used, 0) if used not in (None, "") else None,
+        reputation=reputation_value,
+        account_name=info.get("userName") or None,
+        account_type=info.get("accountType") or None,
+        raw=dict(info),
+    )
+
+
+# --------------------------------------------------------------------------- the client
+
+
+def _was_never_sent(exc: requests.ConnectionError) -> bool:
+    """True when the connection could not be opened at all (so the server saw nothing)."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return True
+    reason: Any = exc.args[0] if exc.args else None
+    reason = getattr(reason, "reason", reason)  # MaxRetryError wraps the real cause
+    return isinstance(reason, NewConnectionError | ConnectTimeoutError)
+
+
+class SendCloudClient:
+    """One SendCloud API_USER's connection: a ``requests.Session`` and the JSON envelope rules."""
+
+    def __init__(
+        self,
+        api_user: str,
+        api_key: str,
+        *,
+        base_url: str,
+        timeout: float = 15.0,
+        session: requests.Session | None = None,
+    ) -> None:
+        if not api_user or not api_key:
+            raise InvalidInput("SendCloud API_USER and API_KEY are both required", field="api_user")
+        self.api_user = api_user
+        self._api_key = api_key
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self._session = session or requests.Session()
+        self._owns_session = session is None
+
+    def __repr__(self) -> str:  # never show the key, not even in tracebacks of locals
+        return f"<SendCloudClient {self.api_user} at {self.base_url}>"
+
+    # -- transport
+
+    def _timeouts(self) -> tuple[float, float]:
+        return (min(self.timeout, 5.0), self.timeout)
+
+    def call(self, path: str, params: Mapping[str, Any] | None = None, *, files: Any = None) -> Any:
+        """POST ``params`` to ``path`` and return the envelope's ``info`` (``{}`` if absent).
+
+        Raises the error class the status code maps to.  Only a connect failure is retried, once:
+        the request never reached the server, so repeating it cannot duplicate anything.
+        """
+        data = {"apiUser": self.api_user, "apiKey": self._api_key}
+        for key, value in (params or {}).items():
+            if value is None:
+                continue
+            data[key] = ("true" if value else "false") if isinstance(value, bool) else str(value)
+        url = f"{self.base_url}/{path.lstrip('/')}"
+        response = None
+        for attempt in (1, 2):
+            try:
+                response = self._session.post(url, data=data, files=files, timeout=self._timeouts())
+                break
+            except requests.ConnectionError as exc:
+                if _was_never_sent(exc):
+                    if attempt == 1:
+                        continue
+                    raise ProviderError(
+                        f"cannot connect to SendCloud at {self.base_url}; nothing was sent",
+                        provider=PROVIDER_NAME,
+                        retryable=True,
+                    ) from None
+                raise ProviderError(
+                    f"connection to SendCloud broke during {path}; the outcome is unknown, "
+                    "retry with the same sendRequestId",
+                    provider=PROVIDER_NAME,
+                    retryable=True,
+                ) from None
+            except requests.Timeout:
+                raise ProviderError(
+                    f"SendCloud did not answer {path} within {self.timeout:g} s; the outcome is "
+                    "unknown, retry with the same sendRequestId",
+                    provider=PROVIDER_NAME,
+                    retryable=True,
+                ) from None
+            except requests.RequestException as exc:
+                raise ProviderError(
+                    f"request to SendCloud failed: {type(exc).__name__}",
+                    provider=PROVIDER_NAME,
+                    retryable=True,
+                ) from None
+        assert response is not None
+        return self._parse(path, response)
+
+    def _parse(self, path: str, response: requests.Response) -> Any:
+        if response.status_code >= 500:
+            raise ProviderError(
+                f"SendCloud answered HTTP {response.status_code} to {path}",
+                provider=PROVIDER_NAME,
+                retryable=True,
+            )
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or "result" not in body:
+            raise ProviderError(
+                f"SendCloud answered {path} with HTTP {response.status_code} and a body that is not "
+                "its JSON envelope",
+                provider=PROVIDER_NAME,
+                retryable=True,
+            )
+        if body.get("result") is True:
+            info = body.get("info")
+            return info if info is not None else {}
+        code = _as_int(body.get("statusCode"), 0) or None
+        message = str(body.get("message") or "error")
+        cls, retryable = _STATUS_ERRORS.get(code or 0, (ProviderError, False))
+        raise cls(message, provider=PROVIDER_NAME, status_code=code, retryable=retryable)
+
+    # -- endpoints
+
+    def userinfo(self) -> AccountInfo:
+        info = self.call("userinfo/get")
+        data = info.get("data", info) if isinstance(info, dict) else {}
+        return account_info_from_userinfo(data if isinstance(data, dict) else {})
+
+    def domain_list(self, name: str | None = None) -> list[DomainInfo]:
+        info = self.call("domain/list", {"name": name})
+        return [_domain_from_api(item) for item in _data_list(info)]
+
+    def domain_add(self, name: str) -> DomainInfo:
+        info = self.call("domain/add", {"name": name})
+        return _domain_from_api(info.get("data") or {})
+
+    def apiuser_list(self, domain: str | None = None) -> list[ApiUserInfo]:
+        info = self.call("apiuser/list", {"domainName": domain})
+        return [_apiuser_from_api(item) for item in _data_list(info)]
+
+    def apiuser_add(
+        self, name: str, email_type: Literal["batch", "trigger"], domain: str
+    ) -> tuple[ApiUserInfo, str]:
+        """Create an API_USER bound to ``domain``; returns its info and its new API_KEY."""
+        code = {"trigger": 0, "batch": 1}[email_type]
+        info = self.call("apiuser/add", {"name": name, "emailType": code, "domainName": domain})
+        data = info.get("data") or {}
+        key = str(data.get("nameKey") or "")
+        if not key:
+            raise ProviderError(
+                "SendCloud created the API_USER but returned no API_KEY (nameKey)",
+                provider=PROVIDER_NAME,
+            )
+        return _apiuser_from_api(data), key
+
+    def webhook_list(self) -> list[dict]:
+        return [dict(item) for item in _data_list(self.call("webhook/list"))]
+
+    def webhook_add(self, url: str, *, category: str = "all", events: Sequence[str] = DEFAULT_EVENTS) -> None:
+        try:
+            codes = ",".join(str(EVENT_CODES[event]) for event in events)
+        except KeyError as exc:
+            raise InvalidInput(f"unknown webhook event {exc.args[0]!r}", field="events") from None
+        self.call("webhook/add", {"url": url, "categoryName": category, "event": codes})
+
+    def close(self) -> None:
+        if self._owns_session:
+            self._session.close()
+
+
+def _data_list(info: Any) -> list[Mapping[str, Any]]:
+    items = info.get("dataList") if isinstance(info, dict) else None
+    return [item for item in items or [] if isinstance(item, dict)]
+
+
+# --------------------------------------------------------------------------- the provider
+
+
+def build_send_params(batch: BatchMessage) -> dict[str, Any]:
+    """Form parameters for ``mail/send`` of one batch (exposed for tests and diagnostics).
+
+    Every recipient gets a value for every variable any recipient has (missing → ""), because
+    SendCloud substitutes by position: ``sub["%name%"][i]`` belongs to ``to[i]``.
+    """
+    recipients = list(batch.recipients)
+    if not recipients:
+        raise InvalidInput("a batch needs at least one recipient", field="recipients")
+    if len(recipients) > MAX_BATCH_SIZE:
+        raise InvalidInput(
+            f"SendCloud accepts at most {MAX_BATCH_SIZE} recipients per request, got {len(recipients)}",
+            field="recipients",
+        )
+    key = batch.idempotency_key
+    if not key or len(key) > MAX_REQUEST_ID_LENGTH:
+        raise InvalidInput(
+            f"idempotency_key must be 1-{MAX_REQUEST_ID_LENGTH} characters", field="idempotency_key"
+        )
+    names = sorted({name for r in recipients for name in r.variables})
+    sub = {f"%{name}%": [str(r.variables.get(name, "")) for r in recipients] for name in names}
+    xsmtpapi: dict[str, Any] = {"to": [r.email for r in recipients]}
+    if sub:
+        xsmtpapi["sub"] = sub
+    params: dict[str, Any] = {
+        "from": batch.from_address,
+        "fromName": batch.from_name or None,
+        "subject": batch.subject,
+        "html": batch.html,
+        "plain": batch.text or None,
+        "replyTo": batch.reply_to or None,
+        "xsmtpapi": json.dumps(xsmtpapi, ensure_ascii=False, separators=(",", ":")),
+        "sendRequestId": key,
+        "respEmailId": True,
+        "labelName": batch.label or None,
+    }
+    if batch.headers:
+        params["headers"] = json.dumps(dict(batch.headers), ensure_ascii=False)
+    return params
+
+
+class SendCloudProvider:
+    """``providers.base.Provider`` for one API_USER (a batch one or a trigger one)."""
+
+    name = PROVIDER_NAME
+    max_batch_size = MAX_BATCH_SIZE
+
+    def __init__(
+        self,
+        api_user: str,
+        api_key: str,
+        *,
+        base_url: str,
+        timeout: float = 15.0,
+        session: requests.Session | None = None,
+    ) -> None:
+        self.client = SendCloudClient(api_user, api_key, base_url=base_url, timeout=timeout, session=session)
+
+    def __repr__(self) -> str:
+        return f"<SendCloudProvider {self.client.api_user}>"
+
+    def send_batch(self, batch: BatchMessage) -> list[SendResult]:
+        params = build_send_params(batch)
+        info = self.client.call("mail/send", params)
+        ids = [str(item) for item in (info.get("emailIdList") or [])] if isinstance(info, dict) else []
+        return _results(batch, ids)
+
+    def send_one(self, batch: BatchMessage) -> SendResult:
+        """A trigger mail: exactly one recipient, sent with whichever API_USER built this provider."""
+        if len(batch.recipients) != 1:
+            raise InvalidInput(
+                f"a trigger mail has exactly one recipient, got {len(batch.recipients)}",
+                field="recipients",
+            )
+        return self.send_batch(batch)[0]
+
+    def account_info(self) -> AccountInfo | None:
+        return self.client.userinfo()
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _results(batch: BatchMessage, email_ids: list[str]) -> list[SendResult]:
+    """Pair recipients with their emailIds (``<messageId><index>$<address>``, in ``to`` order)."""
+    by_address: dict[str, str] = {}
+    for email_id in email_ids:
+        _, sep, address = email_id.rpartition("$")
+        if sep:
+            by_address.setdefault(address.lower(), email_id)
+    results = []
+    for index, recipient in enumerate(batch.recipients):
+        email_id = by_address.get(recipient.email.lower())
+        if email_id is None and len(email_ids) == len(batch.recipients):
+            email_id = email_ids[index]
+        results.append(SendResult(recipient=recipient.email, status="accepted", provider_message_id=email_id))
+    return results
+
+
+# --------------------------------------------------------------------------- webhooks
+
+
+def _field(form: Any, key: str) -> str | None:
+    value = form.get(key)
+    if isinstance(value, list | tuple):
+        value = value[0] if value else None
+    return None if value is None else str(value)
+
+
+def _fields(form: Any, key: str) -> list[str]:
+    """A repeated form field (``recipientArray``, ``emailIds``) from a MultiDict or a plain dict."""
+    if hasattr(form, "getlist"):
+        return [str(v) for v in form.getlist(key)]
+    value = form.get(key)
+    if value is None:
+        return []
+    if isinstance(value, list | tuple):
+        return [str(v) for v in value]
+    return [str(value)]
+
+
+def webhook_timestamp(value: str) -> dt.datetime:
+    """The event time of a webhook ``timestamp``.
+
+    SendCloud sends epoch milliseconds; a value small enough to be seconds (below 10^11, which as
+    milliseconds would be 1973) is accepted as seconds so a receiver configured either way works.
+    """
+    if not value or not value.isdigit():
+        raise WebhookRejected("webhook timestamp is missing or not a number")
+    number = int(value)
+    millis = number * 1000 if number < _SECONDS_CUTOFF else number
+    return dt.datetime.fromtimestamp(millis / 1000, tz=dt.UTC)
+
+
+def sign_webhook(app_key: str, timestamp: str, token: str) -> str:
+    """Hex HMAC-SHA256 of ``timestamp + token`` keyed with the webhook APP KEY (reference §13.4)."""
+    return hmac.new(app_key.encode(), f"{timestamp}{token}".encode(), hashlib.sha256).hexdigest()
+
+
+def verify_webhook(
+    form: Mapping[str, str],
+    app_key: str,
+    *,
+    now: dt.datetime,
+    max_age: dt.timedelta = dt.timedelta(minutes=45),
+) -> None:
+    """Refuse a webhook post that SendCloud did not sign or that is outside the time window.
+
+    ``max_age`` applies both ways (stale and future timestamps).  45 minutes covers SendCloud's
+    retry schedule (1+2+4+8+16 = 31 minutes after the first attempt) with room for clock skew:
+    retries carry the original timestamp and signature.  Replays inside the window are harmless
+    because events are stored once (see ``parse_webhook``'s ``provider_event_id``).
+    """
+    if not app_key:
+        raise WebhookRejected("no webhook app key is configured")
+    timestamp = _field(form, "timestamp")
+    token = _field(form, "token")
+    signature = _field(form, "signature")
+    if not timestamp or not token or not signature:
+        missing = [
+            k for k, v in (("timestamp", timestamp), ("token", token), ("signature", signature)) if not v
+        ]
+        raise WebhookRejected(f"webhook post lacks {', '.join(missing)}")
+    if len(token) != _TOKEN_LENGTH:
+        raise WebhookRejected(f"webhook token must be {_TOKEN_LENGTH} characters")
+    if not _HEX64.fullmatch(signature):
+        raise WebhookRejected("webhook signature is not 64 hex digits")
+    sent_at = webhook_timestamp(timestamp)
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=dt.UTC)
+    if abs(now - sent_at) > max_age:
+        raise WebhookRejected("webhook timestamp is outside the accepted window")
+    expected = sign_webhook(app_key, timestamp, token)
+    if not hmac.compare_digest(expected, signature.lower()):
+        raise WebhookRejected("webhook signature does not match")
+
+
+def webhook_event_id(event: str, token: str) -> str:
+    """The dedupe key of a webhook event.
+
+    SendCloud signs each event once and resends the very same ``token``/``timestamp``/``signature``
+    on retries, while every new event gets a fresh random 50-character token: so the token (with
+    the event type, for readability) identifies an event across redeliveries.
+    """
+    return f"sendcloud:{event}:{token}"
+
+
+def parse_webhook(form: Any) -> TrackingEvent:
+    """Turn a (verified) webhook post into a ``TrackingEvent``.
+
+    ``form`` is a MultiDict (``request.form``) or a plain mapping; list fields may be repeated
+    form values.  ``userHeaders`` is a JSON string of the ``SC-Custom-*`` headers given at send.
+    """
+    event = _field(form, "event") or ""
+    if event not in KNOWN_EVENTS:
+        raise WebhookRejected(f"unknown webhook event {event!r}")
+    token = _field(form, "token") or ""
+    if not token:
+        raise WebhookRejected("webhook post lacks token")
+    occurred_at = webhook_timestamp(_field(form, "timestamp") or "")
+    recipient = _field(form, "recipient")
+    email_id = _field(form, "emailId")
+    if event == "request":
+        recipients = _fields(form, "recipientArray")
+        ids = _fields(form, "emailIds")
+        recipient = recipient or (recipients[0] if len(recipients) == 1 else None)
+        email_id = email_id or (ids[0] if len(ids) == 1 else None)
+    substat = _field(form, "substat") or ""
+    substatdesc = _field(form, "substatdesc") or _field(form, "cause") or ""
+    reason = f"{substat} {substatdesc}".strip() or None
+    raw: dict[str, Any] = {}
+    keys = form.keys() if hasattr(form, "keys") else []
+    for key in keys:
+        values = _fields(form, key)
+        raw[key] = values if len(values) > 1 or key in {"recipientArray", "emailIds"} else _field(form, key)
+    raw.pop("signature", None)
+    return TrackingEvent(
+        event_type=event,
+        provider_event_id=webhook_event_id(event, token),
+        occurred_at=occurred_at,
+        recipient=recipient or None,
+        provider_message_id=email_id or None,
+        url=_field(form, "url") or None,
+        reason=reason,
+        user_headers=_user_headers(_field(form, "userHeaders")),
+        raw=raw,
+    )
+
+
+def _user_headers(value: str | None) -> dict[str, str]:
+    if not value:
+        return {}
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        return {}
+    if not isinstance(parsed, dict):
+        return {}
+    return {str(k): str(v) for k, v in parsed.items()}
+
+
+__all__ = [
+    "DEFAULT_EVENTS",
+    "EVENT_CODES",
+    "VERIFY_BITS",
+    "ApiUserInfo",
+    "DnsRecord",
+    "DomainInfo",
+    "SendCloudClient",
+    "SendCloudProvider",
+    "account_info_from_userinfo",
+    "build_send_params",
+    "parse_webhook",
+    "sign_webhook",
+    "verify_webhook",
+    "webhook_event_id",
+]
