@@ -148,3 +148,74 @@ def import_contacts(
         click.echo(f"  line {entry['line']}: {entry['email'] or '(empty)'}: {entry['reason']}")
     if total_errors > 50:
         click.echo(f"  ... {total_errors - 50} more errors (see the import report page)")
+
+
+@cli_group.command("sandbox")
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
+@click.option("--port", default=8025, show_default=True, help="HTTP port of the SendCloud simulator")
+@click.option("--dns-port", default=5353, show_default=True, help="UDP+TCP port of the sandbox DNS")
+@click.option("--api-user", default="sandbox_main", show_default=True, help="the account's first API_USER")
+@click.option("--api-key", default="sandbox-api-key", show_default=True, help="its API_KEY")
+@click.option("--app-key", default="sandbox-webhook-app-key", show_default=True, help="webhook APP KEY")
+@click.option("--quota", default=1000, show_default=True, help="daily quota of the account")
+@click.option("--balance", default="100", show_default=True, help="balance of the account")
+@click.option(
+    "--publish-dns/--no-publish-dns",
+    default=False,
+    show_default=True,
+    help="publish a domain's records in the sandbox DNS as soon as it is added (skips the DNS step)",
+)
+def sandbox(
+    host: str,
+    port: int,
+    dns_port: int,
+    api_user: str,
+    api_key: str,
+    app_key: str,
+    quota: int,
+    balance: str,
+    publish_dns: bool,
+) -> None:
+    """Run the SendCloud simulator (and the sandbox DNS) in the foreground until Ctrl-C."""
+    import threading
+    from decimal import Decimal
+
+    from .sandbox.sendcloud import SendCloudSimulator, SimulatorServer
+
+    try:
+        from .sandbox.dns import DnsResponder
+    except ImportError:  # pragma: no cover - the DNS responder is optional
+        DnsResponder = None
+
+    dns = DnsResponder(host, dns_port).start() if DnsResponder is not None else None
+    simulator = SendCloudSimulator(
+        dns_nameserver=dns.nameserver if dns is not None else None,
+        webhook_app_key=app_key,
+    )
+    simulator.add_account(api_user, api_key, balance=Decimal(balance), quota=quota)
+    if dns is not None and publish_dns:
+
+        def publish(domain: str, records: dict[str, tuple[str, str, str]]) -> None:
+            grouped: dict[tuple[str, str], list[str]] = {}
+            for rtype, name, value in records.values():
+                grouped.setdefault((name, rtype), []).append(f"10 {value}." if rtype == "MX" else value)
+            for (name, rtype), values in grouped.items():
+                dns.set(name, rtype, values)
+
+        simulator.on_domain_added = publish
+    server = SimulatorServer(simulator, host=host, port=port, quiet=False).start()
+    click.echo(f"SendCloud simulator: {server.url}  (SGP style: {server.root}/api)")
+    click.echo(f"  outbox page:       {server.root}/_sandbox/")
+    click.echo(f"  account:           API_USER={api_user} API_KEY={api_key}")
+    click.echo(f"  webhook app key:   {app_key}")
+    if dns is not None:
+        click.echo(f"Sandbox DNS:         {dns.host}:{dns.port} (UDP and TCP)")
+    click.echo("Press Ctrl-C to stop.")
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        click.echo("stopping")
+    finally:
+        server.stop()
+        if dns is not None:
+            dns.stop()

@@ -426,6 +426,9 @@ class SendCloudSimulator:
         self.dns_timeout = dns_timeout
         self.faults = Faults()
         self.clock = clock
+        #: Called with (domain, {purpose: (type, host, value)}) after ``domain/add`` (the sandbox
+        #: command uses it to publish the records in the sandbox DNS when asked to).
+        self.on_domain_added: Callable[[str, dict[str, tuple[str, str, str]]], None] | None = None
         self._random = random.Random(seed)
         self._lock = threading.RLock()
         self._accounts: list[_Account] = []
@@ -1397,6 +1400,8 @@ class SendCloudSimulator:
             if name in user.account.domains:
                 raise SimError(41015, ", 域名已存在")
             user.account.domains[name] = domain
+        if self.on_domain_added is not None:
+            self.on_domain_added(name, self._records(domain))
         return {"data": self._domain_json(domain, 0)}, 200
 
     def _h_domain_update(self, user: _ApiUser, p: MultiDict[str, str]) -> tuple[Any, int]:
