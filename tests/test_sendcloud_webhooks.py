@@ -368,3 +368,12 @@ def test_webhook_categories_and_events_filter(receiver):
         assert [p["recipient"] for p in receiver.posts] == ["b@example.com"]
         provider.close()
         other.close()
+
+
+def test_signature_reused_across_events_is_refused():
+    """A signature captured from one event does not authenticate another event's token."""
+    first = signed(event="open", emailId="e1")
+    second = signed(event="click", emailId="e2")
+    verify_webhook(second, APP_KEY, now=NOW)
+    with pytest.raises(WebhookRejected, match="signature"):
+        verify_webhook({**second, "signature": first["signature"]}, APP_KEY, now=NOW)
