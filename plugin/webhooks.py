@@ -1,0 +1,158 @@
+"""Provider webhooks: which workspace a webhook URL belongs to, verification, and storing each
+event exactly once.
+
+The webhook URL carries the workspace id inside a signed token (no expiry: the URL lives as long
+as the binding), so a post can only ever write into the workspace whose URL it was sent to.
+SendCloud retries a delivery until it gets HTTP 200, so a repeat of an event we already stored
+is answered like the first one and changes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from itsdangerous import BadSignature, URLSafeSerializer
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from .config import Settings
+from .crypto import SecretBox
+from .errors import NotFound, WebhookRejected
+from .models import Event, ProviderAccount, utcnow
+
+WEBHOOK_SALT = "marketing-webhook"
+#: Fields of a SendCloud event post; a post with none of them is SendCloud's URL check.
+EVENT_FIELDS = ("event", "signature", "token", "timestamp")
+#: ``Event.dedupe_key`` is at most 128 characters.
+_MAX_KEY = 128
+
+Outcome = Literal["stored", "duplicate", "url_check"]
+
+
+def _serializer(settings: Settings) -> URLSafeSerializer:
+    return URLSafeSerializer(settings.token_secret, salt=WEBHOOK_SALT)
+
+
+def workspace_token(settings: Settings, workspace_id: int) -> str:
+    """The signed, URL-safe token of a workspace used in its webhook URL."""
+    return str(_serializer(settings).dumps(int(workspace_id)))
+
+
+def workspace_from_token(settings: Settings, token: str) -> int:
+    """The workspace id inside ``token``, or :class:`NotFound` when it was not signed by us."""
+    try:
+        value = _serializer(settings).loads(token)
+    except BadSignature as exc:
+        raise NotFound("unknown webhook address") from exc
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise NotFound("unknown webhook address")
+    return value
+
+
+def webhook_url(settings: Settings, workspace_id: int) -> str:
+    """The absolute URL SendCloud posts this workspace's events to."""
+    return (
+        f"{settings.public_base_url}{settings.public_url_prefix}/webhooks/sendcloud/"
+        f"{workspace_token(settings, workspace_id)}"
+    )
+
+
+def is_url_check(form: Mapping[str, Any]) -> bool:
+    """SendCloud tests a new webhook URL with a GET or a POST that carries no event."""
+    return not any(form.get(name) for name in EVENT_FIELDS)
+
+
+def dedupe_key(provider_event_id: str) -> str:
+    """``sendcloud:<provider event id>``, hashed when it would not fit the column.
+
+    The adapter's ids already start with ``sendcloud:``; the prefix is not doubled.
+    """
+    key = (
+        provider_event_id if provider_event_id.startswith("sendcloud:") else f"sendcloud:{provider_event_id}"
+    )
+    if len(key) <= _MAX_KEY:
+        return key
+    return "sendcloud:sha256:" + hashlib.sha256(provider_event_id.encode()).hexdigest()
+
+
+def _account(session: Session, workspace_id: int) -> ProviderAccount:
+    account = session.scalar(
+        select(ProviderAccount)
+        .where(ProviderAccount.workspace_id == workspace_id, ProviderAccount.kind == "sendcloud")
+        .order_by(ProviderAccount.id)
+        .limit(1)
+    )
+    if account is None:
+        raise NotFound("this workspace has no SendCloud account")
+    return account
+
+
+def receive_sendcloud(
+    session: Session,
+    settings: Settings,
+    secrets: SecretBox,
+    workspace_id: int,
+    form: Mapping[str, Any],
+    *,
+    now: dt.datetime | None = None,
+) -> Outcome:
+    """Verify one SendCloud post and store its event once; commits.
+
+    Raises :class:`NotFound` (no account in the workspace) and :class:`WebhookRejected`
+    (signature, timestamp or shape); both leave the database untouched.
+    """
+    from .providers.sendcloud import parse_webhook, verify_webhook
+
+    if is_url_check(form):
+        return "url_check"
+    account = _account(session, workspace_id)
+    if not account.webhook_app_key_encrypted:
+        raise WebhookRejected("no webhook app key is stored for this account")
+    app_key = secrets.decrypt(account.webhook_app_key_encrypted)
+    verify_webhook(
+        form,
+        app_key,
+        now=now or utcnow(),
+        max_age=dt.timedelta(minutes=settings.webhook_max_age_minutes),
+    )
+    event = parse_webhook(form)
+    row = Event(
+        workspace_id=workspace_id,
+        type=event.event_type[:24],
+        dedupe_key=dedupe_key(event.provider_event_id),
+        occurred_at=event.occurred_at,
+        received_at=now or utcnow(),
+        data=_event_data(event, form),
+    )
+    try:
+        with session.begin_nested():
+            session.add(row)
+            session.flush()
+    except IntegrityError:
+        session.commit()
+        return "duplicate"
+    session.commit()
+    return "stored"
+
+
+def _event_data(event: Any, form: Mapping[str, Any]) -> dict[str, Any]:
+    """What we keep of an event: the parsed facts, never the signature, token or keys."""
+    data: dict[str, Any] = {
+        "provider": "sendcloud",
+        "recipient": event.recipient,
+        "message_id": event.provider_message_id,
+        "url": event.url,
+        "reason": event.reason,
+        "user_headers": dict(event.user_headers or {}),
+    }
+    api_user = form.get("apiUser") or form.get("category")
+    if api_user:
+        data["api_user"] = str(api_user)
+    label = form.get("labelName") or form.get("labelId")
+    if label:
+        data["label"] = str(label)
+    return {key: value for key, value in data.items() if value not in (None, "", {})}
