@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask
 
 from ..config import Settings
-from . import admin, public
+from . import admin, public, setup
 from .api import register_api
 from .security import exempt_from_host_csrf, install_template_globals
 
@@ -15,6 +15,8 @@ def register_blueprints(app: Flask, settings: Settings) -> None:
     public_bp = public.create_blueprint(settings)
     app.register_blueprint(admin_bp, url_prefix=settings.url_prefix)
     app.register_blueprint(public_bp, url_prefix=settings.public_url_prefix)
+    setup_bp = setup.create_blueprint(settings)
+    app.register_blueprint(setup_bp, url_prefix=settings.url_prefix)
     api_blueprints = register_api(app, settings)
     install_template_globals(app)
-    exempt_from_host_csrf(app, [admin_bp, public_bp, *api_blueprints])
+    exempt_from_host_csrf(app, [admin_bp, public_bp, setup_bp, *api_blueprints])
