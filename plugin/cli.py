@@ -219,3 +219,150 @@ def sandbox(
         server.stop()
         if dns is not None:
             dns.stop()
+
+
+@cli_group.command("setup")
+@click.option("--domain", required=True, help="sending domain, e.g. newsletter.example.com")
+@click.option("--api-user", required=True, help="API_USER of the SendCloud account")
+@click.option("--api-key", default=None, help="its API_KEY (asked with hidden input when omitted)")
+@click.option("--workspace", default="default", show_default=True, help="organization key")
+@click.option("--yes", is_flag=True, help="confirm that the domain binding cannot be changed later")
+@click.option(
+    "--webhook-app-key", default=None, help="webhook APP KEY from the SendCloud console (asked when needed)"
+)
+@click.option("--from-address", default=None, help="sender address on the domain (step 5)")
+@click.option("--from-name", default=None, help="sender name")
+@click.option("--reply-to", default=None, help="reply-to address (confirmed by mail)")
+@click.option("--company", default=None, help="company name for the mail footer")
+@click.option("--postal-address", default=None, help="postal address for the mail footer")
+def setup(
+    domain: str,
+    api_user: str,
+    api_key: str | None,
+    workspace: str,
+    yes: bool,
+    webhook_app_key: str | None,
+    from_address: str | None,
+    from_name: str | None,
+    reply_to: str | None,
+    company: str | None,
+    postal_address: str | None,
+) -> None:
+    """Bind a workspace to SendCloud: the setup wizard's steps, non-interactively.
+
+    Safe to run again: every step finds what exists instead of creating it twice, and the run
+    stops (exit status 2) where something outside is still needed (DNS records, the reply-to
+    confirmation), printing what to do.
+    """
+    from .errors import InvalidInput, InvalidTransition
+    from .setup_wizard import SetupWizard
+
+    state = get_state()
+    ws = ensure_workspace(state.session, workspace)
+    wizard = SetupWizard(state.session, ws.id, state.settings, state.secrets)
+
+    def step(action, *args, **kwargs):
+        try:
+            result = action(*args, **kwargs)
+        except (InvalidInput, InvalidTransition) as exc:
+            state.session.rollback()
+            where = getattr(exc, "errors", None) or (
+                {exc.field: str(exc)} if getattr(exc, "field", None) else {}
+            )
+            detail = "; ".join(f"{field}: {message}" for field, message in where.items()) or str(exc)
+            raise click.ClickException(detail) from None
+        state.session.commit()
+        return result
+
+    # 1. domain
+    review = step(wizard.review_domain, domain)
+    if review.is_apex:
+        click.echo(
+            f"warning: {review.name} is an apex domain: marketing mail would share "
+            "its reputation with company mail."
+        )
+    if review.has_mx:
+        click.echo(
+            f"warning: {review.name} already receives mail (MX {', '.join(review.mx_hosts)}): "
+            "replies and company mail could be affected."
+        )
+    if review.suggestion:
+        click.echo(f"         consider a subdomain such as {review.suggestion}")
+    if not yes:
+        yes = click.confirm(f"Bind {review.name}? The binding cannot be changed later", default=False)
+    step(wizard.submit_domain, review.name, confirmed=yes, warnings_acknowledged=True)
+    click.echo(f"[1/6] domain        {review.name}")
+
+    # 2. credentials
+    if api_key is None:
+        account = wizard.account()
+        if account is None or account.api_user != api_user or not account.api_key_encrypted:
+            api_key = click.prompt("API_KEY", hide_input=True)
+    info = step(wizard.submit_credentials, api_user, api_key or "")
+    click.echo(
+        f"[2/6] credentials   {info.account_name or api_user} ({info.account_type or 'unknown type'}), "
+        f"daily quota {info.daily_quota if info.daily_quota is not None else '?'}"
+    )
+
+    # 3. domain at SendCloud and DNS
+    step(wizard.register_domain)
+    checks = step(wizard.check_dns)
+    click.echo("[3/6] DNS records")
+    marks = {"pass": "ok", "fail": "FAIL", "error": "ERROR", "advice": "advice"}
+    for check in checks:
+        click.echo(
+            f"  {marks.get(check.status, check.status):<7}{check.purpose:<10}{check.type:<6}{check.host}"
+        )
+        click.echo(f"         value: {check.expected}")
+        if check.found:
+            click.echo(f"         found: {' | '.join(check.found)}")
+        if check.status != "pass":
+            click.echo(f"         {check.message} {check.hint}".rstrip())
+    if not wizard.dns_ready():
+        click.echo("Publish the records above (DNS can take up to 48 hours), then run this command again.")
+        raise SystemExit(2)
+    step(wizard.finish_dns)
+
+    # 4. API_USERs and webhook
+    account = wizard.account()
+    if not webhook_app_key and not account.webhook_app_key_encrypted:
+        webhook_app_key = click.prompt("Webhook APP KEY (SendCloud console, WebHook page)", hide_input=True)
+    step(wizard.finish_api_users, webhook_app_key or "")
+    account = wizard.account()
+    click.echo(f"[4/6] API_USERs     batch {account.batch_api_user}, trigger {account.trigger_api_user}")
+    click.echo(f"      webhook       {account.webhook_url}")
+
+    # 5. senders
+    sender = wizard.sender()
+    if from_address:
+        sender = step(
+            wizard.submit_sender,
+            from_address=from_address,
+            from_name=from_name or "",
+            reply_to=reply_to or "",
+            company_name=company or "",
+            postal_address=postal_address or "",
+        )
+    if sender is None:
+        click.echo(
+            "[5/6] senders       missing: run again with --from-address, --from-name, --reply-to, "
+            "--company and --postal-address"
+        )
+        raise SystemExit(2)
+    if sender.reply_to_verified_at is None:
+        click.echo(
+            f"[5/6] senders       {sender.from_address}; waiting for the confirmation of {sender.reply_to}"
+        )
+        click.echo("      open the link in that mailbox, then run this command again.")
+        raise SystemExit(2)
+    step(wizard.finish_senders)
+    click.echo(
+        f"[5/6] senders       {sender.from_name} <{sender.from_address}>, replies to {sender.reply_to}"
+    )
+
+    # 6. done
+    snapshot = step(wizard.finish)
+    click.echo(
+        f"[6/6] done          balance {snapshot.balance}, today's quota {snapshot.daily_quota} "
+        f"(used {snapshot.used_today})"
+    )

@@ -422,3 +422,51 @@ def test_workspaces_do_not_see_each_others_state(session, workspace, other_works
     session.commit()
     assert make_wizard(session, other_workspace.id).state().domain_name is None
     assert ensure_workspace(session, "acme").id == other_workspace.id
+
+
+# -- the CLI ------------------------------------------------------------------------------------
+def test_cli_runs_the_same_steps_and_stops_where_something_outside_is_needed(
+    app, session, workspace, simulator, dns_server
+):
+    runner = app.test_cli_runner()
+    base = ["marketing", "setup", "--domain", DOMAIN, "--api-user", API_USER, "--yes"]
+    first = runner.invoke(args=base, input=f"{API_KEY}\n")
+    assert first.exit_code == 2, first.output
+    assert API_KEY not in first.output
+    assert "FAIL" in first.output
+    assert "dkim" in first.output
+    assert "48 hours" in first.output
+
+    session.expire_all()
+    wizard = make_wizard(session, workspace.id)
+    dns_server.publish(wizard.records())
+    sender = [
+        "--webhook-app-key", "app-key-from-console-123",
+        "--from-address", SENDER["from_address"], "--from-name", SENDER["from_name"],
+        "--reply-to", SENDER["reply_to"], "--company", SENDER["company_name"],
+        "--postal-address", SENDER["postal_address"],
+    ]  # fmt: skip
+    second = runner.invoke(args=base + sender)
+    assert second.exit_code == 2, second.output
+    assert "waiting for the confirmation" in second.output
+    assert "app-key-from-console-123" not in second.output
+
+    session.expire_all()
+    wizard = make_wizard(session, workspace.id)
+    confirm_reply_to(session, get_state().settings, wizard.reply_to_token(wizard.sender()))
+    session.commit()
+    third = runner.invoke(args=base)
+    assert third.exit_code == 0, third.output
+    assert "today's quota 5000" in third.output
+    assert count(simulator, "apiuser/add") == 2
+    assert count(simulator, "domain/add") == 1
+    session.expire_all()
+    assert make_wizard(session, workspace.id).is_completed()
+
+
+def test_cli_wrong_key_is_an_error_naming_the_field(app, workspace):
+    result = app.test_cli_runner().invoke(
+        args=["marketing", "setup", "--domain", DOMAIN, "--api-user", API_USER, "--api-key", "wrong", "--yes"]
+    )
+    assert result.exit_code == 1
+    assert "api_key: SendCloud refused this API_USER/API_KEY pair" in result.output
