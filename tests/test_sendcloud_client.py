@@ -238,7 +238,7 @@ def test_timeout_after_accept_then_retry_with_same_key_is_one_delivery(server, s
     with pytest.raises(ProviderError) as caught:
         provider.send_batch(message)
     assert caught.value.retryable is True
-    assert "unknown" in str(caught.value)
+    assert "outcome is unknown" in str(caught.value)
     assert type(caught.value) is ProviderError
     sim.faults.timeout_after_accept = 0.0
     with pytest.raises(DuplicateRequest):

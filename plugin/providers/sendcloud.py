@@ -41,6 +41,7 @@ from ..errors import (
     Throttled,
     WebhookRejected,
 )
+from ..i18n import _
 from .base import AccountInfo, BatchMessage, SendResult, TrackingEvent
 
 PROVIDER_NAME = "sendcloud"
@@ -237,7 +238,7 @@ class SendCloudClient:
         session: requests.Session | None = None,
     ) -> None:
         if not api_user or not api_key:
-            raise InvalidInput("SendCloud API_USER and API_KEY are both required", field="api_user")
+            raise InvalidInput(_("SendCloud API_USER and API_KEY are both required"), field="api_user")
         self.api_user = api_user
         self._api_key = api_key
         self.base_url = base_url.rstrip("/")
@@ -275,26 +276,33 @@ class SendCloudClient:
                     if attempt == 1:
                         continue
                     raise ProviderError(
-                        f"cannot connect to SendCloud at {self.base_url}; nothing was sent",
+                        _("Cannot connect to SendCloud at %(url)s; nothing was sent.", url=self.base_url),
                         provider=PROVIDER_NAME,
                         retryable=True,
                     ) from None
                 raise ProviderError(
-                    f"connection to SendCloud broke during {path}; the outcome is unknown, "
-                    "retry with the same sendRequestId",
+                    _(
+                        "The connection to SendCloud broke during %(call)s; the outcome is unknown, "
+                        "retry with the same sendRequestId.",
+                        call=path,
+                    ),
                     provider=PROVIDER_NAME,
                     retryable=True,
                 ) from None
             except requests.Timeout:
                 raise ProviderError(
-                    f"SendCloud did not answer {path} within {self.timeout:g} s; the outcome is "
-                    "unknown, retry with the same sendRequestId",
+                    _(
+                        "SendCloud did not answer %(call)s within %(seconds)s s; the outcome is "
+                        "unknown, retry with the same sendRequestId.",
+                        call=path,
+                        seconds=f"{self.timeout:g}",
+                    ),
                     provider=PROVIDER_NAME,
                     retryable=True,
                 ) from None
             except requests.RequestException as exc:
                 raise ProviderError(
-                    f"request to SendCloud failed: {type(exc).__name__}",
+                    _("The request to SendCloud failed: %(error)s", error=type(exc).__name__),
                     provider=PROVIDER_NAME,
                     retryable=True,
                 ) from None
@@ -304,7 +312,7 @@ class SendCloudClient:
     def _parse(self, path: str, response: requests.Response) -> Any:
         if response.status_code >= 500:
             raise ProviderError(
-                f"SendCloud answered HTTP {response.status_code} to {path}",
+                _("SendCloud answered HTTP %(status)s to %(call)s.", status=response.status_code, call=path),
                 provider=PROVIDER_NAME,
                 retryable=True,
             )
@@ -314,8 +322,12 @@ class SendCloudClient:
             body = None
         if not isinstance(body, dict) or "result" not in body:
             raise ProviderError(
-                f"SendCloud answered {path} with HTTP {response.status_code} and a body that is not "
-                "its JSON envelope",
+                _(
+                    "SendCloud answered %(call)s with HTTP %(status)s and a body that is not "
+                    "its JSON envelope.",
+                    call=path,
+                    status=response.status_code,
+                ),
                 provider=PROVIDER_NAME,
                 retryable=True,
             )
@@ -356,7 +368,7 @@ class SendCloudClient:
         key = str(data.get("nameKey") or "")
         if not key:
             raise ProviderError(
-                "SendCloud created the API_USER but returned no API_KEY (nameKey)",
+                _("SendCloud created the API_USER but returned no API_KEY (nameKey)."),
                 provider=PROVIDER_NAME,
             )
         return _apiuser_from_api(data), key
@@ -368,7 +380,9 @@ class SendCloudClient:
         try:
             codes = ",".join(str(EVENT_CODES[event]) for event in events)
         except KeyError as exc:
-            raise InvalidInput(f"unknown webhook event {exc.args[0]!r}", field="events") from None
+            raise InvalidInput(
+                _("Unknown webhook event %(event)s.", event=exc.args[0]), field="events"
+            ) from None
         self.call("webhook/add", {"url": url, "categoryName": category, "event": codes})
 
     def close(self) -> None:
@@ -392,16 +406,21 @@ def build_send_params(batch: BatchMessage) -> dict[str, Any]:
     """
     recipients = list(batch.recipients)
     if not recipients:
-        raise InvalidInput("a batch needs at least one recipient", field="recipients")
+        raise InvalidInput(_("A batch needs at least one recipient."), field="recipients")
     if len(recipients) > MAX_BATCH_SIZE:
         raise InvalidInput(
-            f"SendCloud accepts at most {MAX_BATCH_SIZE} recipients per request, got {len(recipients)}",
+            _(
+                "SendCloud accepts at most %(max)s recipients per request, got %(n)s.",
+                max=MAX_BATCH_SIZE,
+                n=len(recipients),
+            ),
             field="recipients",
         )
     key = batch.idempotency_key
     if not key or len(key) > MAX_REQUEST_ID_LENGTH:
         raise InvalidInput(
-            f"idempotency_key must be 1-{MAX_REQUEST_ID_LENGTH} characters", field="idempotency_key"
+            _("The idempotency key must be 1-%(max)s characters.", max=MAX_REQUEST_ID_LENGTH),
+            field="idempotency_key",
         )
     names = sorted({name for r in recipients for name in r.variables})
     sub = {f"%{name}%": [str(r.variables.get(name, "")) for r in recipients] for name in names}
@@ -455,7 +474,7 @@ class SendCloudProvider:
         """A trigger mail: exactly one recipient, sent with whichever API_USER built this provider."""
         if len(batch.recipients) != 1:
             raise InvalidInput(
-                f"a trigger mail has exactly one recipient, got {len(batch.recipients)}",
+                _("A trigger mail has exactly one recipient, got %(n)s.", n=len(batch.recipients)),
                 field="recipients",
             )
         return self.send_batch(batch)[0]
