@@ -535,6 +535,7 @@ def _sandbox_panel(wizard: SetupWizard, step: str) -> dict[str, Any] | None:
     if step == "api_users" and simulator is not None:
         app_key = getattr(getattr(simulator, "simulator", simulator), "webhook_app_key", None)
     return {
+        "simulator_url": getattr(simulator, "root", None),
         "can_publish": step == "dns" and wizard.domain() is not None,
         "simulator_app_key": app_key,
         "demo_account": current_app.config.get("MARKETING_SANDBOX_ACCOUNT"),

@@ -9,7 +9,7 @@ from flask import Flask
 
 from .. import migrate
 from ..sandbox import SmtpSink
-from .app import create_app
+from .app import create_app, stop_sendcloud_sandbox
 from .models import db
 from .seed import DEMO_USERS, seed_demo
 
@@ -25,9 +25,19 @@ def main() -> None:
         default=None,
         help="port of the sandbox SMTP sink (default: SANDBOX_SMTP_PORT, else 2525; 0 = any free port)",
     )
+    parser.add_argument(
+        "--no-sandbox",
+        action="store_true",
+        help="talk to the real SendCloud and DNS instead of the local simulator and DNS responder",
+    )
     args = parser.parse_args()
 
-    app = create_app({"MARKETING_PUBLIC_BASE_URL": f"http://{args.host}:{args.port}"})
+    app = create_app(
+        {
+            "MARKETING_PUBLIC_BASE_URL": f"http://{args.host}:{args.port}",
+            "MARKETING_SANDBOX": not args.no_sandbox,
+        }
+    )
     with app.app_context():
         db.create_all()
         migrate.upgrade(db.engine)
@@ -40,12 +50,20 @@ def main() -> None:
     print("  Log in as: " + ", ".join(f"{u} / {p} ({r})" for u, p, _, r in DEMO_USERS))
     if sink is not None:
         print(f"  Sandbox SMTP sink on {sink.host}:{sink.port} (captured mail: {url}crm/sandbox/mail)")
+    simulator = app.extensions.get("sandbox_sendcloud")
+    if simulator is not None:
+        account = app.config["MARKETING_SANDBOX_ACCOUNT"]
+        dns = app.extensions["sandbox_dns"]
+        login = f"{account['api_user']} / {account['api_key']}"
+        print(f"  SendCloud simulator on {simulator.root}/ (account {login})")
+        print(f"  Sandbox DNS on {dns.host}:{dns.port} (publish records from {url}marketing/setup/dns)")
     print()
     try:
         app.run(host=args.host, port=args.port, debug=False, use_reloader=False, threaded=True)
     finally:
         if sink is not None:
             sink.stop()
+        stop_sendcloud_sandbox(app)
 
 
 def start_sink(app: Flask, port: int | None = None) -> SmtpSink | None:

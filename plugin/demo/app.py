@@ -58,6 +58,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         app.config.update(_load_or_create_secrets(instance))
     app.config.update(config or {})
     app.config.from_prefixed_env("CRM")
+    if _truthy(app.config.get("MARKETING_SANDBOX")):
+        start_sendcloud_sandbox(app)
 
     db.init_app(app)
     CSRFProtect(app)
@@ -87,3 +89,46 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         return redirect(url_for("crm.contacts"))
 
     return app
+
+
+#: The simulator's account the demo's setup page suggests (a sandbox credential, not a secret).
+DEMO_API_USER = "demo_api_user"
+DEMO_API_KEY = "demo_api_key"
+
+
+def _truthy(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in {"1", "true", "yes", "on"}
+    return bool(value)
+
+
+def start_sendcloud_sandbox(app: Flask) -> None:
+    """MARKETING_SANDBOX: run the SendCloud simulator and the DNS responder in this process.
+
+    The plugin is pointed at them through its ordinary settings (API base URL, nameserver and
+    port), so the wizard runs exactly the code it runs against the real services.  Both servers
+    are kept in ``app.extensions`` (``sandbox_sendcloud``, ``sandbox_dns``) for the setup page's
+    demo panel and are stopped by ``stop_sendcloud_sandbox``.
+    """
+    from ..sandbox.dns import DnsResponder
+    from ..sandbox.sendcloud import SendCloudSimulator, SimulatorServer
+
+    dns = DnsResponder().start()
+    simulator = SendCloudSimulator(dns_nameserver=dns.nameserver)
+    simulator.add_account(DEMO_API_USER, DEMO_API_KEY, quota=2000)
+    server = SimulatorServer(simulator).start()
+    app.config.update(
+        MARKETING_SENDCLOUD_API_BASE=server.url,
+        MARKETING_DNS_NAMESERVERS=[dns.host],
+        MARKETING_DNS_PORT=dns.port,
+        MARKETING_SANDBOX_ACCOUNT={"api_user": DEMO_API_USER, "api_key": DEMO_API_KEY},
+    )
+    app.extensions["sandbox_dns"] = dns
+    app.extensions["sandbox_sendcloud"] = server
+
+
+def stop_sendcloud_sandbox(app: Flask) -> None:
+    for key in ("sandbox_sendcloud", "sandbox_dns"):
+        server = app.extensions.pop(key, None)
+        if server is not None:
+            server.stop()
