@@ -470,3 +470,60 @@ def test_cli_wrong_key_is_an_error_naming_the_field(app, workspace):
     )
     assert result.exit_code == 1
     assert "api_key: SendCloud refused this API_USER/API_KEY pair" in result.output
+
+
+# -- pages: access, CSRF, purge -----------------------------------------------------------------
+SETUP_URLS = [
+    ("get", "/marketing/setup"),
+    ("get", "/marketing/setup/domain"),
+    ("post", "/marketing/setup/domain"),
+    ("get", "/marketing/setup/credentials"),
+    ("post", "/marketing/setup/credentials"),
+    ("get", "/marketing/setup/dns"),
+    ("post", "/marketing/setup/dns/register"),
+    ("post", "/marketing/setup/dns/check"),
+    ("post", "/marketing/setup/dns/continue"),
+    ("get", "/marketing/setup/api-users"),
+    ("post", "/marketing/setup/api-users"),
+    ("get", "/marketing/setup/senders"),
+    ("post", "/marketing/setup/senders"),
+    ("post", "/marketing/setup/senders/resend"),
+    ("post", "/marketing/setup/senders/continue"),
+    ("get", "/marketing/setup/done"),
+    ("post", "/marketing/setup/done"),
+    ("post", "/marketing/setup/purge"),
+    ("post", "/marketing/setup/sandbox-dns"),
+]
+
+
+@pytest.mark.parametrize("role", ["marketer", "sales"])
+def test_only_admins_reach_any_wizard_page_or_endpoint(login, workspace, role):
+    browser = login(role)
+    for method, url in SETUP_URLS:
+        assert getattr(browser, method)(url).status_code == 403, url
+
+
+def test_wizard_posts_need_the_csrf_token(login, workspace):
+    admin = login("admin")
+    response = admin.client.post("/marketing/setup/domain", data={"domain": DOMAIN, "confirm": "1"})
+    assert response.status_code == 400
+    check = admin.client.post("/marketing/setup/dns/check", json={}, headers={"Accept": "application/json"})
+    assert check.status_code == 400
+
+
+def test_purge_page_removes_the_binding_after_typed_confirmation(
+    login, session, workspace, simulator, dns_server
+):
+    admin = login("admin")
+    admin.post("/marketing/setup/domain", data={"domain": DOMAIN, "confirm": "1"})
+    admin.post("/marketing/setup/credentials", data={"api_user": API_USER, "api_key": API_KEY})
+    page = admin.get("/marketing/setup/dns").get_data(as_text=True)
+    assert 'id="purge-form"' in page
+    wrong = admin.post("/marketing/setup/purge", data={"confirm_name": "example.com"})
+    assert wrong.status_code == 302
+    assert session.scalar(select(func.count()).select_from(ProviderAccount)) == 1
+    right = admin.post("/marketing/setup/purge", data={"confirm_name": DOMAIN})
+    assert right.headers["Location"].endswith("/marketing/setup/domain")
+    session.expire_all()
+    assert session.scalar(select(func.count()).select_from(ProviderAccount)) == 0
+    assert session.scalar(select(func.count()).select_from(SetupState)) == 0

@@ -8,6 +8,7 @@ characters.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from flask import (
@@ -534,12 +535,38 @@ def _sandbox_panel(wizard: SetupWizard, step: str) -> dict[str, Any] | None:
     app_key = None
     if step == "api_users" and simulator is not None:
         app_key = getattr(getattr(simulator, "simulator", simulator), "webhook_app_key", None)
+    confirm_link = None
+    sender = wizard.sender() if step == "senders" else None
+    if (
+        sender is not None
+        and sender.reply_to
+        and sender.reply_to_verified_at is None
+        and simulator is not None
+    ):
+        confirm_link = _simulated_confirmation_link(
+            getattr(simulator, "simulator", simulator), sender.reply_to
+        )
     return {
         "simulator_url": getattr(simulator, "root", None),
+        "confirm_link": confirm_link,
         "can_publish": step == "dns" and wizard.domain() is not None,
         "simulator_app_key": app_key,
         "demo_account": current_app.config.get("MARKETING_SANDBOX_ACCOUNT"),
     }
+
+
+def _simulated_confirmation_link(simulator: Any, address: str) -> str | None:
+    """The newest reply-to confirmation link the simulator "delivered" to ``address``."""
+    for mail in reversed(list(getattr(simulator, "outbox", []) or [])):
+        if getattr(mail, "recipient", "").lower() != address.lower():
+            continue
+        match = _CONFIRM_LINK.search(getattr(mail, "html", "") or "")
+        if match:
+            return match.group(1)
+    return None
+
+
+_CONFIRM_LINK = re.compile(r'href="([^"]+/confirm-reply-to/[^"]+)"')
 
 
 def sandbox_dns():
