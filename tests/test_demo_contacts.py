@@ -387,3 +387,27 @@ def test_delete_contact_and_other_organization_is_404(login, session, workspace,
     assert browser.post(f"/crm/contacts/{mine.id}/delete").status_code == 302
     assert session.scalar(select(func.count()).where(Contact.workspace_id == workspace.id)) == 0
     assert session.scalar(select(func.count()).where(Contact.workspace_id == other_workspace.id)) == 1
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/crm/contacts/99999999999999999999",
+        "/crm/contacts/9223372036854775808",
+        "/crm/import/jobs/99999999999",
+        "/crm/sandbox/mail/99999999999",
+    ],
+)
+def test_huge_ids_are_not_found_not_errors(login, url):
+    assert login("admin").get(url).status_code == 404
+
+
+def test_login_next_cannot_leave_the_site(app, users):
+    client = app.test_client()
+    page = client.get("/crm/login").get_data(as_text=True)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    response = client.post(
+        "/crm/login?next=/%09/evil.example",
+        data={"username": "admin", "password": "admin", "csrf_token": token},
+    )
+    assert response.headers["Location"].endswith("/crm/contacts")

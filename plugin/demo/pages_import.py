@@ -26,6 +26,7 @@ from ..errors import ImportFileError, InvalidInput, NotFound, PermissionDenied
 from ..extension import get_state
 from ..i18n import _
 from ..models import Tag
+from ..schemas.common import MAX_ID
 from .models import User
 from .views import bp
 
@@ -277,7 +278,7 @@ def _chosen_tag(session, workspace_id: int, form: dict[str, Any], errors: dict[s
     return None
 
 
-@bp.get("/import/jobs/<int:job_id>")
+@bp.get(f"/import/jobs/<int(min=1,max={MAX_ID}):job_id>")
 @login_required
 def import_report(job_id: int):
     workspace_id = _workspace_id()
@@ -304,7 +305,7 @@ def import_report(job_id: int):
     )
 
 
-@bp.get("/import/jobs/<int:job_id>/errors.csv")
+@bp.get(f"/import/jobs/<int(min=1,max={MAX_ID}):job_id>/errors.csv")
 @login_required
 def import_errors_csv(job_id: int):
     workspace_id = _workspace_id()

@@ -18,7 +18,7 @@ from marshmallow import EXCLUDE, ValidationError, fields, validate
 
 from ..i18n import _
 from ..sandbox import SmtpSink
-from ..schemas.common import StrictSchema
+from ..schemas.common import MAX_ID, StrictSchema
 from .views import bp, field_errors, require_permission, user_can
 
 __all__ = ["bp"]
@@ -62,7 +62,7 @@ def sandbox_mail():
     )
 
 
-@bp.get("/sandbox/mail/<int:message_id>")
+@bp.get(f"/sandbox/mail/<int(min=1,max={MAX_ID}):message_id>")
 @login_required
 def sandbox_mail_detail(message_id: int):
     require_permission("view")
@@ -73,7 +73,7 @@ def sandbox_mail_detail(message_id: int):
     return render_template("demo/sandbox_mail_detail.html", message=message)
 
 
-@bp.get("/sandbox/mail/<int:message_id>/raw")
+@bp.get(f"/sandbox/mail/<int(min=1,max={MAX_ID}):message_id>/raw")
 @login_required
 def sandbox_mail_raw(message_id: int):
     """The message as received, for checking headers a page does not show."""

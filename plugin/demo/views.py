@@ -18,10 +18,11 @@ from sqlalchemy import select
 
 from .. import contacts as service
 from ..access import can, current_workspace, require
+from ..blueprints.security import safe_next_url
 from ..errors import InvalidInput, NotFound, PermissionDenied
 from ..extension import get_state
 from ..i18n import _
-from ..schemas.common import StrictSchema
+from ..schemas.common import MAX_BIG_ID, StrictSchema
 from ..schemas.contacts import ContactIn, ContactListArgs
 from .models import User, db
 
@@ -42,10 +43,7 @@ def login():
             error = _("Wrong user name or password.")
         else:
             login_user(user)
-            target = request.args.get("next") or ""
-            if not target.startswith("/") or target.startswith("//") or "\\" in target:
-                target = url_for("crm.contacts")
-            return redirect(target)
+            return redirect(safe_next_url(request.args.get("next"), url_for("crm.contacts")))
     return render_template("demo/login.html", error=error), (401 if error else 200)
 
 
@@ -368,14 +366,14 @@ def contact_new():
     return _contact_form(None)
 
 
-@bp.route("/contacts/<int:contact_id>", methods=["GET", "POST"])
+@bp.route(f"/contacts/<int(min=1,max={MAX_BIG_ID}):contact_id>", methods=["GET", "POST"])
 @login_required
 def contact_edit(contact_id: int):
     require_permission("contacts.read")
     return _contact_form(contact_id)
 
 
-@bp.post("/contacts/<int:contact_id>/delete")
+@bp.post(f"/contacts/<int(min=1,max={MAX_BIG_ID}):contact_id>/delete")
 @login_required
 def contact_delete(contact_id: int):
     require_permission("contacts.write")
