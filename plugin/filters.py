@@ -34,7 +34,11 @@ BUILTIN_FIELDS: dict[str, str] = {
     "created_at": "datetime",
 }
 CUSTOM_PREFIX = "custom."
-CUSTOM_KEY_RE = re.compile(r"^[a-z0-9_]{1,64}$")
+CUSTOM_KEY_RE = re.compile(r"[a-z0-9_]{1,64}")
+#: Exactly ``YYYY-MM-DD``: Python 3.11's ``date.fromisoformat`` also takes ``20240105`` and
+#: ``2024-W01-1``, which would compare wrongly against custom date texts (compared as text).
+DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+MAX_TEXT = 500
 
 TEXT_OPS = frozenset({"eq", "ne", "contains", "not_contains", "starts_with", "ends_with", "in", "not_in"})
 PRESENCE_OPS = frozenset({"empty", "not_empty"})
@@ -59,7 +63,7 @@ def field_kind(name: str) -> str | None:
     """``text``, ``datetime`` or ``custom`` for a valid field name, else ``None``."""
     if name in BUILTIN_FIELDS:
         return BUILTIN_FIELDS[name]
-    if name.startswith(CUSTOM_PREFIX) and CUSTOM_KEY_RE.match(name[len(CUSTOM_PREFIX) :]):
+    if name.startswith(CUSTOM_PREFIX) and CUSTOM_KEY_RE.fullmatch(name[len(CUSTOM_PREFIX) :]):
         return "custom"
     return None
 
@@ -100,9 +104,12 @@ def _check_value(op: str, value: Any) -> None:
             not isinstance(value, list)
             or not value
             or len(value) > MAX_LIST
-            or not all(isinstance(v, str) and v.strip() for v in value)
+            or not all(isinstance(v, str) and v.strip() and len(v) <= MAX_TEXT for v in value)
         ):
-            raise ValidationError(f"a list of 1 to {MAX_LIST} non-empty texts is required", "value")
+            raise ValidationError(
+                f"a list of 1 to {MAX_LIST} non-empty texts of at most {MAX_TEXT} characters is required",
+                "value",
+            )
         return
     if op in ("before", "after"):
         _parse_date(value)
@@ -116,13 +123,15 @@ def _check_value(op: str, value: Any) -> None:
         return
     if not isinstance(value, str) or not value.strip():
         raise ValidationError("a non-empty text is required", "value")
-    if len(value) > 500:
-        raise ValidationError("at most 500 characters", "value")
+    if len(value) > MAX_TEXT:
+        raise ValidationError(f"at most {MAX_TEXT} characters", "value")
 
 
 def _parse_date(value: Any) -> dt.date:
     if not isinstance(value, str):
         raise ValidationError("a date as YYYY-MM-DD is required", "value")
+    if not DATE_RE.fullmatch(value):
+        raise ValidationError(f"{value[:40]!r} is not a date as YYYY-MM-DD", "value")
     try:
         return dt.date.fromisoformat(value)
     except ValueError as exc:
