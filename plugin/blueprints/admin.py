@@ -9,6 +9,7 @@ from flask_login import current_user
 from sqlalchemy import func, select
 
 from ..access import PERMISSIONS, can, current_workspace, issue_token
+from ..account_status import account_status
 from ..config import Settings
 from ..extension import get_state
 from ..i18n import SESSION_LOCALE_KEY, SESSION_TZ_KEY, _, available_locales
@@ -47,6 +48,16 @@ def _guard():
     return guard_page()
 
 
+def _account_status():
+    """The header's balance and quota; computed once per request, only for plugin pages."""
+    if "_marketing_account_status" not in g:
+        workspace = g.get("_marketing_workspace")
+        g._marketing_account_status = (
+            account_status(get_state().session, workspace.id) if workspace is not None else None
+        )
+    return g._marketing_account_status
+
+
 def _template_context() -> dict:
     state = get_state()
     role = g.get("_marketing_role")
@@ -57,6 +68,7 @@ def _template_context() -> dict:
             "locales": available_locales(),
             "can": lambda permission: can(permission, state.role_loader),
             "workspace": g.get("_marketing_workspace"),
+            "account": _account_status(),
         }
     }
 
