@@ -1,0 +1,425 @@
+"""The daily-quota ledger: reserve before sending, settle with the provider's answer.
+
+Why a ledger and not a counter in memory: several worker processes (threads, Celery workers on
+other machines) send for the same provider account, and SendCloud refuses mail beyond the
+account's daily quota. Each worker therefore *reserves* quota on one shared row
+(:class:`~plugin.models.QuotaLedger`, one per account, channel and provider day) before calling the
+provider, and afterwards *commits* what the provider accepted or *releases* the rest.
+
+Guarantees:
+
+* ``reserve`` grants with ONE conditional UPDATE (``reserved + g`` only where
+  ``limit - reserved - committed >= g``), so concurrent workers can never be granted more than the
+  limit in total, on PostgreSQL (row lock + re-check of the WHERE clause under READ COMMITTED) and
+  on SQLite (a single writer).
+* Every reservation carries a lease. A worker killed while holding one does not lose the quota for
+  the rest of the day: the next ``reserve`` on that ledger expires the stale reservation and
+  returns its amount.
+* Settling is idempotent: the status column moves ``held -> committed | released`` with a
+  conditional UPDATE, so settling twice (a retried task) changes nothing the second time.
+* The provider day is the provider's calendar day (Asia/Shanghai for SendCloud), whatever the
+  server's time zone, so counters roll over once, at the provider's midnight.
+
+Lock order (to keep PostgreSQL free of deadlocks): reservation rows in ascending id, then the
+ledger row; never a reservation row after the ledger row in the same transaction (new rows are
+inserted, which waits on nothing).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import case, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from .models import AccountSnapshot, ProviderAccount, QuotaLedger, QuotaReservation, utcnow
+from .providers.base import AccountInfo
+
+#: SendCloud counts its daily quota on Beijing time.
+PROVIDER_TZ = "Asia/Shanghai"
+#: Default lease of a reservation: long enough for one batch call with retries.
+LEASE_SECONDS = 900
+#: How often ``reserve`` re-reads and retries when another worker took quota in between.
+MAX_ATTEMPTS = 50
+
+HELD = "held"
+COMMITTED = "committed"
+RELEASED = "released"
+EXPIRED = "expired"
+
+CHANNELS = ("batch", "trigger")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Reservation:
+    """Quota granted to one worker: ``amount`` may be less than what was asked."""
+
+    id: int
+    ledger_id: int
+    amount: int
+    lease_until: dt.datetime
+    batch_id: int | None = None
+
+
+def provider_day(now: dt.datetime, tz: str = PROVIDER_TZ) -> dt.date:
+    """The provider's calendar day at the instant ``now``.
+
+    A naive datetime is refused: it would be read in the server's local time zone, which is
+    exactly the mistake that makes counters roll over at the wrong hour.
+    """
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError("provider_day needs a timezone-aware datetime")
+    return now.astimezone(ZoneInfo(tz)).date()
+
+
+def ensure_ledger(
+    session: Session,
+    workspace_id: int,
+    account_id: int,
+    channel: str,
+    day: dt.date,
+    limit: int,
+) -> int:
+    """The id of the ledger row for (account, channel, day), creating it with ``limit`` if needed.
+
+    Safe when several workers create the same row at once: the insert does nothing on a
+    conflict (PostgreSQL and SQLite), or a unique violation is caught elsewhere. An existing
+    row keeps its limit (``reconcile`` is what changes limits). Commits.
+    """
+    if channel not in CHANNELS:
+        raise ValueError(f"unknown quota channel {channel!r}")
+    existing = _ledger_id(session, account_id, channel, day)
+    if existing is not None:
+        return existing
+    values = {
+        "workspace_id": workspace_id,
+        "account_id": account_id,
+        "channel": channel,
+        "day": day,
+        "limit": max(0, int(limit)),
+        "reserved": 0,
+        "committed": 0,
+    }
+    dialect = session.get_bind().dialect.name
+    if dialect in ("postgresql", "sqlite"):
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        statement = dialect_insert(QuotaLedger).values(**values)
+        session.execute(statement.on_conflict_do_nothing(index_elements=["account_id", "channel", "day"]))
+        session.commit()
+    else:  # pragma: no cover - other databases are not supported targets, but stay correct
+        try:
+            with session.begin_nested():
+                session.execute(QuotaLedger.__table__.insert().values(**values))
+            session.commit()
+        except IntegrityError:
+            session.rollback()
+    ledger_id = _ledger_id(session, account_id, channel, day)
+    assert ledger_id is not None
+    return ledger_id
+
+
+def _ledger_id(session: Session, account_id: int, channel: str, day: dt.date) -> int | None:
+    return session.scalar(
+        select(QuotaLedger.id).where(
+            QuotaLedger.account_id == account_id, QuotaLedger.channel == channel, QuotaLedger.day == day
+        )
+    )
+
+
+def remaining(session: Session, ledger_id: int) -> int:
+    """What can still be reserved on the ledger now (stale leases not yet expired count as held)."""
+    row = session.execute(
+        select(QuotaLedger.limit, QuotaLedger.reserved, QuotaLedger.committed).where(
+            QuotaLedger.id == ledger_id
+        )
+    ).one()
+    return max(0, row.limit - row.reserved - row.committed)
+
+
+def expire_stale(session: Session, ledger_id: int, now: dt.datetime) -> int:
+    """Expire held reservations whose lease has passed and give their amounts back.
+
+    Each reservation moves ``held -> expired`` with its own conditional UPDATE (in ascending id,
+    the lock order), and only the rows this transaction actually moved are subtracted from the
+    ledger, so two workers expiring the same lease subtract it once. Does not commit.
+    """
+    stale = session.execute(
+        select(QuotaReservation.id, QuotaReservation.amount)
+        .where(
+            QuotaReservation.ledger_id == ledger_id,
+            QuotaReservation.status == HELD,
+            QuotaReservation.lease_until < now,
+        )
+        .order_by(QuotaReservation.id)
+    ).all()
+    returned = 0
+    for reservation_id, amount in stale:
+        moved = session.execute(
+            update(QuotaReservation)
+            .where(QuotaReservation.id == reservation_id, QuotaReservation.status == HELD)
+            .values(status=EXPIRED)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if moved == 1:
+            returned += amount
+    if returned:
+        session.execute(
+            update(QuotaLedger)
+            .where(QuotaLedger.id == ledger_id)
+            .values(reserved=QuotaLedger.reserved - returned)
+            .execution_options(synchronize_session=False)
+        )
+    return returned
+
+
+def reserve(
+    session: Session,
+    ledger_id: int,
+    n: int,
+    *,
+    lease_seconds: float = LEASE_SECONDS,
+    now: dt.datetime | None = None,
+    batch_id: int | None = None,
+) -> Reservation | None:
+    """Reserve up to ``n`` on the ledger; ``None`` when nothing is left. Commits.
+
+    The grant is ``min(n, remaining)`` from a fresh read, taken by one conditional UPDATE that
+    only matches while the ledger still has that much left. If another worker got there first the
+    UPDATE matches no row and we re-read and retry with the smaller remainder (a bounded number of
+    times), so a refusal means the ledger really was empty.
+    """
+    if n <= 0:
+        raise ValueError("reserve needs a positive amount")
+    now = now or utcnow()
+    expire_stale(session, ledger_id, now)
+    granted = 0
+    for _attempt in range(MAX_ATTEMPTS):
+        left = remaining(session, ledger_id)
+        if left <= 0:
+            break
+        want = min(n, left)
+        matched = session.execute(
+            update(QuotaLedger)
+            .where(
+                QuotaLedger.id == ledger_id,
+                QuotaLedger.limit - QuotaLedger.reserved - QuotaLedger.committed >= want,
+            )
+            .values(reserved=QuotaLedger.reserved + want)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if matched == 1:
+            granted = want
+            break
+    if not granted:
+        session.commit()
+        return None
+    lease_until = now + dt.timedelta(seconds=lease_seconds)
+    row = QuotaReservation(
+        ledger_id=ledger_id, amount=granted, status=HELD, lease_until=lease_until, batch_id=batch_id
+    )
+    session.add(row)
+    session.flush()
+    reservation = Reservation(row.id, ledger_id, granted, lease_until, batch_id)
+    session.commit()
+    return reservation
+
+
+def renew(
+    session: Session,
+    reservation_id: int,
+    *,
+    lease_seconds: float = LEASE_SECONDS,
+    now: dt.datetime | None = None,
+) -> bool:
+    """Extend a held reservation's lease (a long batch still working); ``False`` if it is no longer held."""
+    now = now or utcnow()
+    moved = session.execute(
+        update(QuotaReservation)
+        .where(QuotaReservation.id == reservation_id, QuotaReservation.status == HELD)
+        .values(lease_until=now + dt.timedelta(seconds=lease_seconds))
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    session.commit()
+    return moved == 1
+
+
+def commit_reservation(session: Session, reservation_id: int, used: int, *, commit: bool = True) -> bool:
+    """Settle a reservation with what the provider accepted: ``used`` is committed, the rest returns.
+
+    Idempotent: only a ``held`` (or ``expired``) reservation changes, and it changes to
+    ``committed``, so a second call does nothing and returns ``False``. The reservation's
+    ``amount`` becomes ``used``, so committed reservations add up to the ledger's ``committed``.
+    An expired reservation already gave its amount back; the provider still accepted ``used``
+    messages, so they are counted as committed (the ledger may then exceed its limit, which is
+    the truth and stops further grants). ``commit=False`` leaves the transaction open for the
+    caller to write per-recipient results in the same transaction.
+    """
+    row = session.execute(
+        select(QuotaReservation.ledger_id, QuotaReservation.amount, QuotaReservation.status).where(
+            QuotaReservation.id == reservation_id
+        )
+    ).one_or_none()
+    if row is None:
+        raise LookupError(f"no quota reservation {reservation_id}")
+    if row.status not in (HELD, EXPIRED):
+        if commit:
+            session.commit()
+        return False
+    if not 0 <= used <= row.amount:
+        raise ValueError(f"used must be between 0 and the reserved {row.amount}, not {used}")
+    changed = False
+    for status in (HELD, EXPIRED):
+        moved = session.execute(
+            update(QuotaReservation)
+            .where(QuotaReservation.id == reservation_id, QuotaReservation.status == status)
+            .values(status=COMMITTED, amount=used)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if moved == 1:
+            give_back = row.amount if status == HELD else 0
+            session.execute(
+                update(QuotaLedger)
+                .where(QuotaLedger.id == row.ledger_id)
+                .values(reserved=QuotaLedger.reserved - give_back, committed=QuotaLedger.committed + used)
+                .execution_options(synchronize_session=False)
+            )
+            changed = True
+            break
+    if commit:
+        session.commit()
+    return changed
+
+
+def release(session: Session, reservation_id: int, *, commit: bool = True) -> bool:
+    """Give a held reservation back entirely (nothing was sent). Idempotent; no-op unless held."""
+    row = session.execute(
+        select(QuotaReservation.ledger_id, QuotaReservation.amount).where(
+            QuotaReservation.id == reservation_id
+        )
+    ).one_or_none()
+    if row is None:
+        raise LookupError(f"no quota reservation {reservation_id}")
+    moved = session.execute(
+        update(QuotaReservation)
+        .where(QuotaReservation.id == reservation_id, QuotaReservation.status == HELD)
+        .values(status=RELEASED)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if moved == 1:
+        session.execute(
+            update(QuotaLedger)
+            .where(QuotaLedger.id == row.ledger_id)
+            .values(reserved=QuotaLedger.reserved - row.amount)
+            .execution_options(synchronize_session=False)
+        )
+    if commit:
+        session.commit()
+    return moved == 1
+
+
+def reconcile(
+    session: Session, ledger_id: int, provider_used_today: int | None, provider_quota: int | None
+) -> None:
+    """Align the ledger with what the provider says about today. Does not commit.
+
+    * ``limit`` becomes the provider's quota (it can change during the day).
+    * ``committed`` becomes at least the provider's ``todayUsedQuota``: mail sent by other systems
+      on the same account uses the same quota. ``committed = max(committed, used)`` rather than a
+      sum, because the provider's count already includes what we committed ourselves.
+
+    Mail we sent but have not settled yet is counted twice for a moment (held here, used at the
+    provider); that errs on the side of granting less, never more.
+    """
+    values: dict[str, object] = {}
+    if provider_quota is not None:
+        values["limit"] = max(0, int(provider_quota))
+    if provider_used_today is not None:
+        used = max(0, int(provider_used_today))
+        values["committed"] = case((QuotaLedger.committed < used, used), else_=QuotaLedger.committed)
+    if values:
+        session.execute(
+            update(QuotaLedger)
+            .where(QuotaLedger.id == ledger_id)
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+
+
+def sync(
+    session: Session,
+    workspace_id: int,
+    account: ProviderAccount,
+    info: AccountInfo,
+    now: dt.datetime | None = None,
+) -> AccountSnapshot:
+    """Store what the provider reported and reconcile today's batch ledger with it. Commits.
+
+    Without a known daily quota there is nothing to reconcile; the snapshot is still stored so
+    the account bar can show the balance.
+    """
+    now = now or utcnow()
+    snapshot = AccountSnapshot(
+        workspace_id=workspace_id,
+        account_id=account.id,
+        balance=info.balance,
+        available_balance=info.available_balance,
+        daily_quota=info.daily_quota,
+        used_today=info.used_today,
+        reputation=info.reputation,
+        fetched_at=now,
+    )
+    session.add(snapshot)
+    session.flush()
+    if info.daily_quota is not None:
+        ledger_id = ensure_ledger(
+            session, workspace_id, account.id, "batch", provider_day(now), info.daily_quota
+        )
+        reconcile(session, ledger_id, info.used_today, info.daily_quota)
+    session.commit()
+    return snapshot
+
+
+def ledger_totals(session: Session, ledger_id: int) -> tuple[int, int, int]:
+    """``(limit, reserved, committed)`` as stored now (for status pages and tests)."""
+    row = session.execute(
+        select(QuotaLedger.limit, QuotaLedger.reserved, QuotaLedger.committed).where(
+            QuotaLedger.id == ledger_id
+        )
+    ).one()
+    return row.limit, row.reserved, row.committed
+
+
+def held_total(session: Session, ledger_id: int) -> int:
+    """Sum of the amounts of reservations still held on the ledger."""
+    return int(
+        session.scalar(
+            select(func.coalesce(func.sum(QuotaReservation.amount), 0)).where(
+                QuotaReservation.ledger_id == ledger_id, QuotaReservation.status == HELD
+            )
+        )
+    )
+
+
+__all__ = [
+    "LEASE_SECONDS",
+    "PROVIDER_TZ",
+    "Reservation",
+    "commit_reservation",
+    "ensure_ledger",
+    "expire_stale",
+    "held_total",
+    "ledger_totals",
+    "provider_day",
+    "reconcile",
+    "release",
+    "remaining",
+    "renew",
+    "reserve",
+    "sync",
+]
