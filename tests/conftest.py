@@ -21,6 +21,7 @@ import pytest
 import sqlalchemy as sa
 from cryptography.fernet import Fernet
 from flask import g
+from flask.testing import FlaskClient
 from werkzeug.serving import make_server
 
 from plugin import migrate
@@ -115,10 +116,20 @@ def _fresh_request_globals() -> None:
     g.__dict__.clear()
 
 
+class EnglishClient(FlaskClient):
+    """Test clients ask for English unless a test says otherwise, so assertions can quote the
+    source strings; tests of the Chinese UI send ``Accept-Language: zh-CN`` themselves."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.environ_base.setdefault("HTTP_ACCEPT_LANGUAGE", "en")
+
+
 @pytest.fixture
 def app(app_config, tmp_path):
     os.environ.setdefault("CRM_INSTANCE_PATH", str(tmp_path))
     application = create_app(dict(app_config))
+    application.test_client_class = EnglishClient
     application.before_request_funcs.setdefault(None, []).insert(0, _fresh_request_globals)
     with application.app_context():
         _empty_all_tables()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from flask_babel import force_locale
 from sqlalchemy import func, select
 
 from plugin.access import ensure_workspace
@@ -17,6 +18,15 @@ from plugin.models import AccountSnapshot, ProviderAccount, Sender, SendingDomai
 from plugin.sandbox.dns import DnsResponder
 from plugin.sandbox.sendcloud import SendCloudSimulator, SimulatorServer
 from plugin.setup_wizard import SetupWizard, confirm_reply_to
+
+
+@pytest.fixture(autouse=True)
+def _english_messages(app):
+    """Service messages outside a request follow the default UI language (Chinese); these tests
+    quote the English source strings."""
+    with force_locale("en"):
+        yield
+
 
 API_USER = "acme_main_user"
 API_KEY = "k3y-Plaintext-For-Acme-0001"

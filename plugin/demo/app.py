@@ -81,7 +81,6 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from . import cli, pages_import, pages_sandbox, pages_tags, pages_views, views  # noqa: F401
 
     app.register_blueprint(views.bp)
-    app.jinja_env.globals["url_map_endpoints"] = lambda: app.view_functions.keys()
     app.cli.add_command(cli.crm_group)
 
     @app.get("/")
