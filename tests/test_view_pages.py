@@ -35,18 +35,6 @@ def text(response) -> str:
 
 
 @pytest.fixture
-def login(login):
-    """The shared ``login`` fixture, switched to English so the assertions can read the text."""
-
-    def _login(username: str):
-        browser = login(username)
-        assert browser.post("/marketing/preferences", data={"locale": "en"}).status_code in (302, 303)
-        return browser
-
-    return _login
-
-
-@pytest.fixture
 def people(session, workspace, other_workspace) -> None:
     for email in ("a@qq.com", "b@163.com", "c@gmail.com", "noreply@acme.de", "info@x.cn"):
         service.create_contact(session, workspace.id, {"email": email})
