@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PORT ?= 5000
 PG_DSN ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
 
-.PHONY: demo test test-sqlite test-postgres lint bench soak services browser translations clean
+.PHONY: demo test lint services browser translations clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
@@ -25,7 +25,7 @@ test: $(STAMP) services browser lint
 	MARKETING_TEST_DATABASE=postgres $(PY) -m pytest -p no:cacheprovider -n 2 --dist loadfile -m "not browser"
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check plugin tests bench
+	$(VENV)/bin/ruff check plugin tests
 
 # PostgreSQL and Redis are normally running; start them when they are not.
 services:
@@ -47,12 +47,6 @@ translations: $(STAMP)
 	$(VENV)/bin/pybabel update -D marketing -l zh_Hans_CN --no-fuzzy-matching \
 	  -i plugin/translations/marketing.pot -d plugin/translations
 	$(VENV)/bin/pybabel compile -D marketing -d plugin/translations
-
-bench: $(STAMP)
-	$(PY) -m bench
-
-soak: $(STAMP) services
-	$(PY) -m pytest -p no:cacheprovider -m slow
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
