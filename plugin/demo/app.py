@@ -19,6 +19,7 @@ from flask_login import LoginManager, current_user
 from flask_wtf.csrf import CSRFProtect
 
 from ..extension import Marketing
+from ..i18n import lazy_gettext
 from .models import User, db
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -65,6 +66,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     CSRFProtect(app)
     login = LoginManager(app)
     login.login_view = "crm.login"
+    login.login_message = lazy_gettext("Please log in to access this page.")
+    login.login_message_category = "info"
 
     @login.user_loader
     def _load_user(user_id: str) -> User | None:

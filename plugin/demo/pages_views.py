@@ -145,7 +145,7 @@ def summarize(rules: Any, labels: dict[str, str] | None = None, ops: dict[str, s
     ops = ops or op_labels()
     if not isinstance(rules, dict) or not rules.get("rules"):
         return _("every contact") if (rules or {}).get("match", "all") == "all" else _("no contact")
-    joiner = f" {_('AND')} " if rules.get("match") == "all" else f" {_('OR')} "
+    joiner = " " + (_("AND") if rules.get("match") == "all" else _("OR")) + " "
     parts = []
     for item in rules["rules"]:
         if not isinstance(item, dict):
@@ -286,7 +286,7 @@ def _editor(
             "removeGroup": _("Remove group"),
             "addRule": _("Add rule"),
             "addGroup": _("Add group"),
-            "listHint": _("One per line, or separated by commas"),
+            "listHint": _("Separate values with commas; a pasted column works too"),
             "and": _("and"),
             "counting": _("Counting…"),
             "invalid": _("Fix the rules marked in red to see the count."),

@@ -23,11 +23,11 @@ def test_login_then_marketing_dashboard(page, users, workspace):
 def test_language_switch_is_remembered(page, users):
     log_in(page, "admin")
     page.goto("/marketing/")
-    page.select_option("#locale-form select", "en")
-    page.wait_for_load_state()
+    with page.expect_navigation():
+        page.select_option("#locale-form select", "en")
     assert page.locator("html").get_attribute("lang") == "en"
     page.goto("/marketing/tokens")
     assert page.locator("html").get_attribute("lang") == "en"
-    page.select_option("#locale-form select", "zh_CN")
-    page.wait_for_load_state()
+    with page.expect_navigation():
+        page.select_option("#locale-form select", "zh_CN")
     assert page.locator("html").get_attribute("lang") == "zh-CN"
