@@ -62,15 +62,19 @@ def sandbox_mail():
     )
 
 
-@bp.get(f"/sandbox/mail/<int(min=1,max={MAX_ID}):message_id>")
-@login_required
-def sandbox_mail_detail(message_id: int):
-    require_permission("view")
+def _captured_or_404(message_id: int):
     sink = current_sink()
     message = sink.get(message_id) if sink is not None else None
     if message is None:
         abort(404)
-    return render_template("demo/sandbox_mail_detail.html", message=message)
+    return message
+
+
+@bp.get(f"/sandbox/mail/<int(min=1,max={MAX_ID}):message_id>")
+@login_required
+def sandbox_mail_detail(message_id: int):
+    require_permission("view")
+    return render_template("demo/sandbox_mail_detail.html", message=_captured_or_404(message_id))
 
 
 @bp.get(f"/sandbox/mail/<int(min=1,max={MAX_ID}):message_id>/raw")
@@ -78,10 +82,7 @@ def sandbox_mail_detail(message_id: int):
 def sandbox_mail_raw(message_id: int):
     """The message as received, for checking headers a page does not show."""
     require_permission("view")
-    sink = current_sink()
-    message = sink.get(message_id) if sink is not None else None
-    if message is None:
-        abort(404)
+    message = _captured_or_404(message_id)
     response = Response(message.raw, mimetype="text/plain")
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Content-Security-Policy"] = "sandbox"

@@ -76,12 +76,9 @@ def tags():
         try:
             message = _apply(action, ws)
             session.commit()
-        except ValidationError as exc:
+        except (ValidationError, InvalidInput) as exc:
             session.rollback()
-            errors = field_errors(exc)
-        except InvalidInput as exc:
-            session.rollback()
-            errors = {exc.field or "name": str(exc)}
+            errors = field_errors(exc, default="name")
         except NotFound:
             session.rollback()
             flash(_("That tag does not exist (any more)."), "error")

@@ -76,8 +76,14 @@ def workspace_id() -> int:
     return current_workspace(state.session, state.workspace_key).id
 
 
-def field_errors(exc: ValidationError) -> dict[str, str]:
-    """Marshmallow's nested messages flattened to one line per field, for display beside it."""
+def field_errors(exc: ValidationError | InvalidInput, default: str = "_schema") -> dict[str, str]:
+    """An input error as one line per field, for display beside it.
+
+    Marshmallow's nested messages are flattened; a service's ``InvalidInput`` lands on its own
+    field, or on ``default`` when it names none.
+    """
+    if isinstance(exc, InvalidInput):
+        return {exc.field or default: str(exc)}
     messages = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
     result: dict[str, str] = {}
     for key, value in messages.items():
@@ -336,12 +342,9 @@ def _contact_form(contact_id: int | None):
                 raise ValidationError({"owner_id": ["pick a user from the list"]})
             saved_id = _save_contact(ws, contact_id, data)
             session.commit()
-        except ValidationError as exc:
+        except (ValidationError, InvalidInput) as exc:
             session.rollback()
             errors = field_errors(exc)
-        except InvalidInput as exc:
-            session.rollback()
-            errors = {exc.field or "_schema": str(exc)}
         else:
             flash(_("Contact saved."), "success")
             return redirect(url_for("crm.contact_edit", contact_id=saved_id))

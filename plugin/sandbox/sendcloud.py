@@ -60,6 +60,8 @@ SPF_INCLUDE = "include:spf.sendcloud.org"
 MX_HOST = "mx.sendcloud.org"
 DMARC_VALUE = "v=DMARC1; p=none;"
 DKIM_SELECTOR = "mail"
+#: Written out again rather than imported from the client on purpose: the simulator stands for
+#: SendCloud, so a wrong code in the client must show up as a failing test, not agree with itself.
 EVENT_CODES = {
     "deliver": 1,
     "report_spam": 3,
