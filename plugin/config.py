@@ -65,6 +65,28 @@ DEFAULTS: dict[str, Any] = {
     "WEBHOOK_MAX_AGE_MINUTES": 45,
     #: Seconds between automatic DNS re-checks on the setup wizard's records page.
     "DNS_RECHECK_SECONDS": 30,
+    #: Minutes after which the account bar calls the synced balance and quota stale.
+    "QUOTA_STALE_MINUTES": 15,
+    #: Warn in the account bar when the available balance falls below this (yuan; 0 = never).
+    "LOW_BALANCE_THRESHOLD": 10.0,
+    #: Price of one mail (yuan) used by the forecast before a campaign starts.
+    "PRICE_PER_MAIL": 0.0007,
+    #: Campaigns with more final recipients than this need an admin's approval (0 = never).
+    "APPROVAL_THRESHOLD": 100_000,
+    #: Consecutive failed batches after which a campaign pauses itself.
+    "MAX_CONSECUTIVE_FAILURES": 5,
+    #: Minutes a scheduled campaign may start late (scheduler was down); later it waits as ``missed``.
+    "MISSED_GRACE_MINUTES": 60,
+    #: Largest template (HTML source) accepted, in bytes.
+    "TEMPLATE_MAX_BYTES": 1024 * 1024,
+    #: Seconds allowed to fetch a template from a URL.
+    "TEMPLATE_FETCH_TIMEOUT": 10.0,
+    #: Check recipients' MX records when freezing an audience (slow for big lists; optional).
+    "MX_CHECK": False,
+    #: Seconds the MX check may take in all before the remaining domains count as valid.
+    "MX_CHECK_BUDGET_SECONDS": 30.0,
+    #: SMTP mails per second per account when the account sets none.
+    "SMTP_SEND_RATE": 6.0,
     #: Demo only: run the local SendCloud simulator and DNS responder instead of the real services.
     "SANDBOX": False,
 }
@@ -102,6 +124,17 @@ class Settings:
     webhook_max_age_minutes: int = 45
     dns_recheck_seconds: int = 30
     sandbox: bool = False
+    quota_stale_minutes: int = 15
+    low_balance_threshold: float = 10.0
+    price_per_mail: float = 0.0007
+    approval_threshold: int = 100_000
+    max_consecutive_failures: int = 5
+    missed_grace_minutes: int = 60
+    template_max_bytes: int = 1024 * 1024
+    template_fetch_timeout: float = 10.0
+    mx_check: bool = False
+    mx_check_budget_seconds: float = 30.0
+    smtp_send_rate: float = 6.0
 
     @property
     def api_prefix(self) -> str:
@@ -171,4 +204,15 @@ def load_settings(config: Mapping[str, Any]) -> Settings:
         webhook_max_age_minutes=webhook_max_age,
         dns_recheck_seconds=recheck,
         sandbox=_as_bool(raw["SANDBOX"]),
+        quota_stale_minutes=int(raw["QUOTA_STALE_MINUTES"]),
+        low_balance_threshold=float(raw["LOW_BALANCE_THRESHOLD"]),
+        price_per_mail=float(raw["PRICE_PER_MAIL"]),
+        approval_threshold=int(raw["APPROVAL_THRESHOLD"]),
+        max_consecutive_failures=max(1, int(raw["MAX_CONSECUTIVE_FAILURES"])),
+        missed_grace_minutes=int(raw["MISSED_GRACE_MINUTES"]),
+        template_max_bytes=int(raw["TEMPLATE_MAX_BYTES"]),
+        template_fetch_timeout=float(raw["TEMPLATE_FETCH_TIMEOUT"]),
+        mx_check=_as_bool(raw["MX_CHECK"]),
+        mx_check_budget_seconds=float(raw["MX_CHECK_BUDGET_SECONDS"]),
+        smtp_send_rate=float(raw["SMTP_SEND_RATE"]),
     )

@@ -82,8 +82,13 @@ def ensure_ledger(
     channel: str,
     day: dt.date,
     limit: int,
+    *,
+    owner: str = "",
 ) -> int:
-    """The id of the ledger row for (account, channel, day), creating it with ``limit`` if needed.
+    """The id of the ledger row for (account, channel, owner, day), created with ``limit`` if needed.
+
+    ``owner`` is ``""`` for the account's own ledger and ``user:<id>``/``team:<name>`` for the
+    ledger of an allocation cap, which counts the same mail a second time against the cap.
 
     Safe when several workers create the same row at once: the insert does nothing on a
     conflict (PostgreSQL and SQLite), or a unique violation is caught elsewhere. An existing
@@ -91,13 +96,14 @@ def ensure_ledger(
     """
     if channel not in CHANNELS:
         raise ValueError(f"unknown quota channel {channel!r}")
-    existing = _ledger_id(session, account_id, channel, day)
+    existing = _ledger_id(session, account_id, channel, day, owner)
     if existing is not None:
         return existing
     values = {
         "workspace_id": workspace_id,
         "account_id": account_id,
         "channel": channel,
+        "owner": owner,
         "day": day,
         "limit": max(0, int(limit)),
         "reserved": 0,
@@ -110,7 +116,8 @@ def ensure_ledger(
         else:
             from sqlalchemy.dialects.sqlite import insert as dialect_insert
         statement = dialect_insert(QuotaLedger).values(**values)
-        session.execute(statement.on_conflict_do_nothing(index_elements=["account_id", "channel", "day"]))
+        conflict_columns = ["account_id", "channel", "owner", "day"]
+        session.execute(statement.on_conflict_do_nothing(index_elements=conflict_columns))
         session.commit()
     else:  # pragma: no cover - other databases are not supported targets, but stay correct
         try:
@@ -119,15 +126,18 @@ def ensure_ledger(
             session.commit()
         except IntegrityError:
             session.rollback()
-    ledger_id = _ledger_id(session, account_id, channel, day)
+    ledger_id = _ledger_id(session, account_id, channel, day, owner)
     assert ledger_id is not None
     return ledger_id
 
 
-def _ledger_id(session: Session, account_id: int, channel: str, day: dt.date) -> int | None:
+def _ledger_id(session: Session, account_id: int, channel: str, day: dt.date, owner: str = "") -> int | None:
     return session.scalar(
         select(QuotaLedger.id).where(
-            QuotaLedger.account_id == account_id, QuotaLedger.channel == channel, QuotaLedger.day == day
+            QuotaLedger.account_id == account_id,
+            QuotaLedger.channel == channel,
+            QuotaLedger.owner == owner,
+            QuotaLedger.day == day,
         )
     )
 

@@ -1,8 +1,15 @@
 """SQLAlchemy 2 models of the plugin; every table is prefixed ``marketing_``."""
 
 from .base import Base, UTCDateTime, utcnow
-from .campaigns import Campaign, CampaignRecipient, SendBatch, Template
-from .delivery import AccountSnapshot, Event, QuotaLedger, QuotaReservation, Suppression
+from .campaigns import Campaign, CampaignRecipient, SendBatch, Template, TriggerMail
+from .delivery import (
+    AccountSnapshot,
+    Event,
+    QuotaAllocation,
+    QuotaLedger,
+    QuotaReservation,
+    Suppression,
+)
 from .directory import Contact, ContactTag, CustomField, ImportJob, SavedView, Tag
 from .sending import ProviderAccount, Sender, SendingDomain, SetupState
 from .workspace import ApiToken, Lease, UserPreference, Workspace
@@ -20,6 +27,7 @@ __all__ = [
     "ImportJob",
     "Lease",
     "ProviderAccount",
+    "QuotaAllocation",
     "QuotaLedger",
     "QuotaReservation",
     "SavedView",
@@ -30,6 +38,7 @@ __all__ = [
     "Suppression",
     "Tag",
     "Template",
+    "TriggerMail",
     "UTCDateTime",
     "UserPreference",
     "Workspace",

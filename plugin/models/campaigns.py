@@ -22,6 +22,13 @@ class Template(WorkspaceScoped, Timestamped, Base):
     #: SendCloud review state: ``not_submitted``, ``pending``, ``approved``, ``rejected``.
     review_state: Mapped[str] = mapped_column(String(16), default="not_submitted")
     provider_template_name: Mapped[str | None] = mapped_column(String(200))
+    #: Why SendCloud rejected the template, or what it said when it was submitted.
+    review_note: Mapped[str | None] = mapped_column(Text)
+    review_submitted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    #: Variable names the template uses (checked when saving), e.g. ``["name", "company"]``.
+    variables: Mapped[list[str]] = mapped_column(JSON, default=list)
+    #: ``manual``, ``file:<name>`` or ``url:<address>``: where the HTML came from.
+    source: Mapped[str] = mapped_column(String(500), default="manual")
     created_by: Mapped[str | None] = mapped_column(String(120))
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
@@ -60,6 +67,27 @@ class Campaign(WorkspaceScoped, Timestamped, Base):
     skipped: Mapped[int] = mapped_column(default=0)
     started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     completed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    #: The host user id of the creator (quota caps per user/team are counted against it).
+    owner_id: Mapped[str | None] = mapped_column(String(120), index=True)
+    #: Team of the creator when the host has teams (caps per team).
+    team: Mapped[str | None] = mapped_column(String(120))
+    #: Let a campaign larger than today's quota continue on the following days.
+    spread_over_days: Mapped[bool] = mapped_column(default=True)
+    approved_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    cancelled_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    #: When the audience was frozen into campaign_recipients (``None`` = not yet).
+    frozen_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    #: Counts computed when freezing: audience, excluded, suppressed, invalid, final.
+    audience_counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    #: Next batch sequence number to claim (batches are numbered 1, 2, ... per campaign).
+    next_seq: Mapped[int] = mapped_column(default=1)
+    consecutive_failures: Mapped[int] = mapped_column(default=0)
+    #: Earliest time the runner may try again (backoff after provider trouble, quota day).
+    retry_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    #: Recipients that may have received the mail twice (SMTP mail in flight at a crash).
+    possible_duplicates: Mapped[int] = mapped_column(default=0)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 
 class CampaignRecipient(Base):
@@ -82,6 +110,8 @@ class CampaignRecipient(Base):
     status: Mapped[str] = mapped_column(String(16), default="pending")
     reason: Mapped[str | None] = mapped_column(String(255))
     batch_id: Mapped[int | None] = mapped_column(BigId, index=True)
+    #: Set when the mail may have gone out twice (SMTP crash between DATA and our record).
+    possible_duplicate: Mapped[bool] = mapped_column(default=False)
     provider_message_id: Mapped[str | None] = mapped_column(String(255), index=True)
     sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     delivered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
@@ -102,6 +132,13 @@ class SendBatch(Base):
     workspace_id: Mapped[int] = mapped_column(ForeignKey("marketing_workspaces.id", ondelete="CASCADE"))
     campaign_id: Mapped[int] = mapped_column(ForeignKey("marketing_campaigns.id", ondelete="CASCADE"))
     seq: Mapped[int]
+    #: One batch shares one content: its template and sender are fixed when claimed.
+    template_id: Mapped[int | None]
+    sender_id: Mapped[int | None]
+    account_id: Mapped[int | None]
+    #: Quota reservations held for this batch (account ledger, and the owner's cap ledger).
+    reservation_id: Mapped[int | None] = mapped_column(BigId)
+    cap_reservation_id: Mapped[int | None] = mapped_column(BigId)
     idempotency_key: Mapped[str] = mapped_column(String(64), unique=True)
     #: claimed, sending, sent, failed, unknown
     status: Mapped[str] = mapped_column(String(16), default="claimed")
@@ -110,4 +147,30 @@ class SendBatch(Base):
     lease_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class TriggerMail(WorkspaceScoped, Base):
+    """One transactional mail the host asked for (order confirmation, code, quote), and its fate."""
+
+    __tablename__ = "marketing_trigger_mails"
+    __table_args__ = (UniqueConstraint("workspace_id", "idempotency_key"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    #: The client's key: the same key twice means the same mail, sent once.
+    idempotency_key: Mapped[str] = mapped_column(String(128))
+    template_id: Mapped[int | None] = mapped_column(ForeignKey("marketing_templates.id", ondelete="SET NULL"))
+    account_id: Mapped[int | None] = mapped_column(
+        ForeignKey("marketing_provider_accounts.id", ondelete="SET NULL")
+    )
+    to_email: Mapped[str] = mapped_column(String(320), index=True)
+    subject: Mapped[str] = mapped_column(String(500), default="")
+    variables: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    #: queued, sending, sent, failed, rejected
+    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    attempts: Mapped[int] = mapped_column(default=0)
+    provider_message_id: Mapped[str | None] = mapped_column(String(255))
+    error: Mapped[str | None] = mapped_column(Text)
+    created_by: Mapped[str | None] = mapped_column(String(120))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)

@@ -32,12 +32,14 @@ class QuotaLedger(WorkspaceScoped, Base):
     """Per account, channel and provider day: the limit and what is reserved and committed."""
 
     __tablename__ = "marketing_quota_ledger"
-    __table_args__ = (UniqueConstraint("account_id", "channel", "day"),)
+    __table_args__ = (UniqueConstraint("account_id", "channel", "owner", "day"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     account_id: Mapped[int] = mapped_column(ForeignKey("marketing_provider_accounts.id", ondelete="CASCADE"))
     #: ``batch`` or ``trigger``.
     channel: Mapped[str] = mapped_column(String(16))
+    #: ``""`` for the account's own ledger; ``user:<id>`` or ``team:<name>`` for an allocation cap.
+    owner: Mapped[str] = mapped_column(String(130), default="")
     day: Mapped[dt.date] = mapped_column(Date)
     limit: Mapped[int] = mapped_column(default=0)
     reserved: Mapped[int] = mapped_column(default=0)
@@ -57,6 +59,23 @@ class QuotaReservation(Base):
     lease_until: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     batch_id: Mapped[int | None] = mapped_column(BigId)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class QuotaAllocation(WorkspaceScoped, Timestamped, Base):
+    """How an admin divides the daily quota: a trigger-mail share, and caps per user or team."""
+
+    __tablename__ = "marketing_quota_allocations"
+    __table_args__ = (UniqueConstraint("workspace_id", "scope", "subject"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    #: ``trigger`` (share kept for trigger mail), ``user`` or ``team`` (daily cap).
+    scope: Mapped[str] = mapped_column(String(16))
+    #: The user id or team name the cap applies to (``""`` for the trigger share).
+    subject: Mapped[str] = mapped_column(String(120), default="")
+    #: Percent of the daily quota (trigger share).
+    percent: Mapped[float | None]
+    #: Mails per provider day (caps), or an absolute trigger share.
+    daily_limit: Mapped[int | None]
 
 
 class Suppression(WorkspaceScoped, Timestamped, Base):
@@ -93,6 +112,7 @@ class Event(WorkspaceScoped, Base):
 __all__ = [
     "AccountSnapshot",
     "Event",
+    "QuotaAllocation",
     "QuotaLedger",
     "QuotaReservation",
     "Suppression",
