@@ -40,7 +40,7 @@ browser:
 
 # Extract the plugin's messages, merge them into the Chinese catalogue, compile it.
 translations: $(STAMP)
-	$(VENV)/bin/pybabel extract -F babel.cfg -k mkt_ -k _ -k gettext -k lazy_gettext -k ngettext:1,2 -k mkt_ngettext:1,2 \
+	$(VENV)/bin/pybabel extract -F babel.cfg -k mkt_ -k _ -k _l -k gettext -k lazy_gettext -k ngettext:1,2 -k mkt_ngettext:1,2 \
 	  --no-location --sort-output -o plugin/translations/marketing.pot plugin
 	test -f plugin/translations/zh_Hans_CN/LC_MESSAGES/marketing.po || \
 	  $(VENV)/bin/pybabel init -D marketing -l zh_Hans_CN -i plugin/translations/marketing.pot -d plugin/translations

@@ -24,6 +24,7 @@ gettext = domain.gettext
 ngettext = domain.ngettext
 lazy_gettext = domain.lazy_gettext
 _ = gettext
+_l = lazy_gettext
 
 SESSION_LOCALE_KEY = "marketing_locale"
 SESSION_TZ_KEY = "marketing_timezone"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask
 
 from ..config import Settings
-from . import admin, public, setup
+from . import admin, campaigns, public, quota_pages, setup, smtp_accounts, templates_pages, trigger_mails
 from .api import register_api
 from .security import exempt_from_host_csrf, install_template_globals
 
@@ -17,6 +17,12 @@ def register_blueprints(app: Flask, settings: Settings) -> None:
     app.register_blueprint(public_bp, url_prefix=settings.public_url_prefix)
     setup_bp = setup.create_blueprint(settings)
     app.register_blueprint(setup_bp, url_prefix=settings.url_prefix)
+    page_blueprints = [
+        module.create_blueprint(settings)
+        for module in (templates_pages, campaigns, quota_pages, smtp_accounts, trigger_mails)
+    ]
+    for bp in page_blueprints:
+        app.register_blueprint(bp, url_prefix=settings.url_prefix)
     api_blueprints = register_api(app, settings)
     install_template_globals(app)
-    exempt_from_host_csrf(app, [admin_bp, public_bp, setup_bp, *api_blueprints])
+    exempt_from_host_csrf(app, [admin_bp, public_bp, setup_bp, *page_blueprints, *api_blueprints])

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from zoneinfo import available_timezones
 
-from flask import Blueprint, abort, flash, g, redirect, render_template, request, session, url_for
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from flask_login import current_user
 from sqlalchemy import func, select
 
@@ -12,7 +23,7 @@ from ..access import PERMISSIONS, can, current_workspace, issue_token
 from ..account_status import account_status
 from ..config import Settings
 from ..extension import get_state
-from ..i18n import SESSION_LOCALE_KEY, SESSION_TZ_KEY, _, available_locales
+from ..i18n import SESSION_LOCALE_KEY, SESSION_TZ_KEY, _, _l, available_locales
 from ..models import ApiToken, Contact, SavedView, Tag, utcnow
 from ..schemas.common import MAX_BIG_ID
 from .security import check_csrf, guard_page, safe_next_url
@@ -58,6 +69,32 @@ def _account_status():
     return g._marketing_account_status
 
 
+#: The plugin's navigation: endpoint, label, permission.  An entry shows only when its endpoint
+#: exists (a host may leave a part out) and the user's role may use it.
+NAV: tuple[tuple[str, str, str], ...] = (
+    ("marketing.dashboard", _l("Overview"), "view"),
+    ("marketing_campaigns.index", _l("Campaigns"), "view"),
+    ("marketing_templates.index", _l("Templates"), "view"),
+    ("marketing_trigger.index", _l("Trigger mail"), "view"),
+    ("marketing_quota.index", _l("Quota"), "view"),
+    ("marketing_smtp.index", _l("SMTP accounts"), "settings"),
+    ("marketing_setup.start", _l("Setup"), "settings"),
+)
+
+
+def _nav() -> list[dict[str, object]]:
+    state = get_state()
+    current = request.endpoint or ""
+    items = []
+    for endpoint, label, permission in NAV:
+        if endpoint not in current_app.view_functions or not can(permission, state.role_loader):
+            continue
+        section = endpoint.split(".", 1)[0]
+        active = current == endpoint if section == "marketing" else current.startswith(section + ".")
+        items.append({"url": url_for(endpoint), "label": str(label), "active": active})
+    return items
+
+
 def _template_context() -> dict:
     state = get_state()
     role = g.get("_marketing_role")
@@ -69,6 +106,7 @@ def _template_context() -> dict:
             "can": lambda permission: can(permission, state.role_loader),
             "workspace": g.get("_marketing_workspace"),
             "account": _account_status(),
+            "nav": _nav,
         }
     }
 

@@ -34,7 +34,7 @@ def _in_api(settings: Settings) -> bool:
 
 
 def register_api(app: Flask, settings: Settings) -> list[Blueprint]:
-    from . import contacts, me, tags, views
+    from . import contacts, me, tags, trigger_mails, views
 
     prefix = settings.api_prefix
     app.config.setdefault("MARKETING_API_TITLE", API_TITLE)
@@ -57,7 +57,7 @@ def register_api(app: Flask, settings: Settings) -> list[Blueprint]:
         },
     )
     blueprints = []
-    for module in (contacts, tags, views, me):
+    for module in (contacts, tags, views, me, trigger_mails):
         bp = module.blp
         api.register_blueprint(bp, url_prefix=f"{prefix}{module.URL}")
         blueprints.append(bp)
