@@ -22,6 +22,9 @@ class Recipient:
     email: str
     #: Values for ``%name%`` placeholders, keys without the percent signs.
     variables: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    #: Message-ID to use (SMTP): stable per campaign recipient, so a resend after a crash carries
+    #: the same id and mailbox providers can drop the duplicate.  ``None``: one is generated.
+    message_id: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -581,7 +581,7 @@ class SmtpProvider:
             to_address = _ascii_address(recipient.email, "recipients")
         except InvalidInput as exc:
             return SendResult(recipient.email, "rejected", error=str(exc))
-        message_id = make_msgid(domain=prepared.from_domain)
+        message_id = recipient.message_id or make_msgid(domain=prepared.from_domain)
         data = build_message(batch, recipient, prepared, to_address=to_address, message_id=message_id)
         if self.settings.dkim_enabled:
             data = dkim_sign(data, self.settings)
