@@ -419,17 +419,217 @@ def held_total(session: Session, ledger_id: int) -> int:
 __all__ = [
     "LEASE_SECONDS",
     "PROVIDER_TZ",
+    "Blocked",
+    "Grant",
     "Reservation",
     "commit_reservation",
     "ensure_ledger",
     "expire_stale",
+    "give_back",
     "held_total",
     "ledger_totals",
+    "next_provider_midnight",
     "provider_day",
     "reconcile",
     "release",
     "remaining",
     "renew",
     "reserve",
+    "reserve_for_send",
+    "settle",
     "sync",
 ]
+
+
+# --------------------------------------------------------------------------- the send gate
+#
+# The runner and the trigger-mail service ask the gate before every provider call.  The gate
+# turns "what the provider and the admin allow today" into ledger limits and reserves on them:
+# the account's ledger (daily quota minus the trigger share, or an SMTP account's own daily
+# limit) and, when the admin set one, the owner's cap ledger.  When nothing can be granted it
+# answers *why* and *when to look again*, which is what the campaign shows while paused.
+
+#: Stand-in limit for SMTP accounts without a daily limit.
+UNLIMITED = 10**12
+#: When to look again after a balance or sync problem (the next scheduled sync will have run).
+RECHECK_AFTER = dt.timedelta(minutes=5)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Grant:
+    """Quota granted for one send: ``amount`` may be less than asked."""
+
+    amount: int
+    reservation_id: int
+    cap_reservation_id: int | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Blocked:
+    """Nothing can be sent now: ``reason`` is a pause reason code of the campaign lifecycle."""
+
+    reason: str
+    detail: str = ""
+    retry_at: dt.datetime | None = None
+
+
+def next_provider_midnight(now: dt.datetime, tz: str = PROVIDER_TZ) -> dt.datetime:
+    """The next 00:00 of the provider's day, in UTC (when a used-up daily quota comes back)."""
+    zone = ZoneInfo(tz)
+    local = now.astimezone(zone)
+    tomorrow = dt.datetime.combine(local.date() + dt.timedelta(days=1), dt.time(0, 0), tzinfo=zone)
+    return tomorrow.astimezone(dt.UTC)
+
+
+def latest_snapshot(session: Session, account_id: int) -> AccountSnapshot | None:
+    return session.scalar(
+        select(AccountSnapshot)
+        .where(AccountSnapshot.account_id == account_id)
+        .order_by(AccountSnapshot.fetched_at.desc(), AccountSnapshot.id.desc())
+        .limit(1)
+    )
+
+
+def _trigger_share(session: Session, workspace_id: int, daily_quota: int) -> int:
+    from . import allocation  # the admin's division of the quota (optional module of the host)
+
+    return max(0, min(daily_quota, int(allocation.trigger_share(session, workspace_id, daily_quota))))
+
+
+def _channel_limit(
+    session: Session, workspace_id: int, account: ProviderAccount, channel: str, now: dt.datetime
+) -> int | Blocked:
+    """Today's limit of the account's ledger for ``channel``, or why there is none."""
+    if account.kind != "sendcloud":
+        return int(account.daily_limit) if account.daily_limit is not None else UNLIMITED
+    snapshot = latest_snapshot(session, account.id)
+    if snapshot is None or snapshot.daily_quota is None:
+        return Blocked("not_synced", "", now + dt.timedelta(minutes=1))
+    quota = int(snapshot.daily_quota)
+    share = _trigger_share(session, workspace_id, quota)
+    if channel == "trigger":
+        return share if share > 0 else quota
+    return quota - share
+
+
+def _balance_allows(
+    session: Session, account: ProviderAccount, n: int, price: float, now: dt.datetime
+) -> int | Blocked:
+    """How many of ``n`` mails the available balance pays for (SendCloud only)."""
+    if account.kind != "sendcloud" or price <= 0:
+        return n
+    snapshot = latest_snapshot(session, account.id)
+    available = snapshot.available_balance if snapshot is not None else None
+    if available is None:
+        return n
+    affordable = int(float(available) // price)
+    if affordable <= 0:
+        return Blocked("balance", "", now + RECHECK_AFTER)
+    return min(n, affordable)
+
+
+def _set_limit(session: Session, ledger_id: int, limit: int) -> None:
+    session.execute(
+        update(QuotaLedger)
+        .where(QuotaLedger.id == ledger_id, QuotaLedger.limit != limit)
+        .values(limit=limit)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+
+
+def reserve_for_send(
+    session: Session,
+    *,
+    workspace_id: int,
+    account: ProviderAccount,
+    n: int,
+    settings,
+    channel: str = "batch",
+    owner_id: str | None = None,
+    team: str | None = None,
+    now: dt.datetime | None = None,
+    lease_seconds: float = LEASE_SECONDS,
+) -> Grant | Blocked:
+    """Reserve up to ``n`` mails for one send, or say why nothing can go now. Commits.
+
+    Order: balance (what the money pays for) → the owner's cap (batch mail only) → the account's
+    ledger.  A cap reservation that the account ledger cannot match is given back at once.
+    """
+    if n <= 0:
+        raise ValueError("reserve_for_send needs a positive amount")
+    now = now or utcnow()
+    day = provider_day(now)
+    limit = _channel_limit(session, workspace_id, account, channel, now)
+    if isinstance(limit, Blocked):
+        return limit
+    affordable = _balance_allows(session, account, n, float(settings.price_per_mail), now)
+    if isinstance(affordable, Blocked):
+        return affordable
+    want = affordable
+
+    cap_reservation: Reservation | None = None
+    if channel == "batch" and (owner_id or team):
+        from . import allocation
+
+        cap = allocation.cap_for(session, workspace_id, owner_id, team)
+        if cap is not None:
+            owner_key, cap_limit = cap
+            cap_ledger = ensure_ledger(
+                session, workspace_id, account.id, channel, day, cap_limit, owner=owner_key
+            )
+            _set_limit(session, cap_ledger, int(cap_limit))
+            cap_reservation = reserve(session, cap_ledger, want, lease_seconds=lease_seconds, now=now)
+            if cap_reservation is None:
+                return Blocked("cap", "", next_provider_midnight(now))
+            want = cap_reservation.amount
+
+    ledger_id = ensure_ledger(session, workspace_id, account.id, channel, day, limit)
+    reservation = reserve(session, ledger_id, want, lease_seconds=lease_seconds, now=now)
+    if reservation is None:
+        if cap_reservation is not None:
+            release(session, cap_reservation.id)
+        return Blocked("quota", "", next_provider_midnight(now))
+    if cap_reservation is not None and reservation.amount < cap_reservation.amount:
+        # Keep the cap's hold equal to what the account granted: swap it for an exact one.
+        release(session, cap_reservation.id)
+        cap_reservation = reserve(
+            session, cap_reservation.ledger_id, reservation.amount, lease_seconds=lease_seconds, now=now
+        )
+        if cap_reservation is None or cap_reservation.amount < reservation.amount:
+            if cap_reservation is not None:
+                release(session, cap_reservation.id)
+            release(session, reservation.id)
+            return Blocked("cap", "", next_provider_midnight(now))
+    return Grant(reservation.amount, reservation.id, cap_reservation.id if cap_reservation else None)
+
+
+def settle(session: Session, grant: Grant, used: int) -> None:
+    """The provider accepted ``used`` of the granted mails: count them, give the rest back.
+
+    Does not commit, so the caller writes per-recipient results in the same transaction.
+    """
+    used = max(0, min(int(used), grant.amount))
+    commit_reservation(session, grant.reservation_id, used, commit=False)
+    if grant.cap_reservation_id is not None:
+        commit_reservation(session, grant.cap_reservation_id, used, commit=False)
+
+
+def give_back(session: Session, grant: Grant) -> None:
+    """Nothing was sent: release everything the grant held. Does not commit."""
+    release(session, grant.reservation_id, commit=False)
+    if grant.cap_reservation_id is not None:
+        release(session, grant.cap_reservation_id, commit=False)
+
+
+def renew_grant(session: Session, grant: Grant, *, lease_seconds: float = LEASE_SECONDS) -> bool:
+    """Extend the leases of a grant whose send is taking long (SMTP batches at a low rate)."""
+    ok = renew(session, grant.reservation_id, lease_seconds=lease_seconds)
+    if grant.cap_reservation_id is not None:
+        renew(session, grant.cap_reservation_id, lease_seconds=lease_seconds)
+    return ok
+
+
+def grant_status(session: Session, grant: Grant) -> str | None:
+    """The status of the grant's main reservation (``held`` while still usable)."""
+    return session.scalar(select(QuotaReservation.status).where(QuotaReservation.id == grant.reservation_id))
