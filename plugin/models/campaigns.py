@@ -112,6 +112,8 @@ class CampaignRecipient(Base):
     batch_id: Mapped[int | None] = mapped_column(BigId, index=True)
     #: Set when the mail may have gone out twice (SMTP crash between DATA and our record).
     possible_duplicate: Mapped[bool] = mapped_column(default=False)
+    #: Send attempts for this recipient (temporary per-recipient refusals are retried a few times).
+    attempts: Mapped[int] = mapped_column(default=0)
     provider_message_id: Mapped[str | None] = mapped_column(String(255), index=True)
     sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     delivered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)

@@ -65,6 +65,7 @@ def upgrade() -> None:
 
     with op.batch_alter_table('marketing_campaign_recipients', schema=None) as batch_op:
         batch_op.add_column(sa.Column('possible_duplicate', sa.Boolean(), nullable=False, server_default=sa.false()))
+        batch_op.add_column(sa.Column('attempts', sa.Integer(), nullable=False, server_default='0'))
 
     with op.batch_alter_table('marketing_campaigns', schema=None) as batch_op:
         batch_op.add_column(sa.Column('owner_id', sa.String(length=120), nullable=True))
@@ -140,6 +141,7 @@ def downgrade() -> None:
         batch_op.drop_column('owner_id')
 
     with op.batch_alter_table('marketing_campaign_recipients', schema=None) as batch_op:
+        batch_op.drop_column('attempts')
         batch_op.drop_column('possible_duplicate')
 
     with op.batch_alter_table('marketing_trigger_mails', schema=None) as batch_op:
