@@ -1,0 +1,1328 @@
+"""The campaign runner: claim → reserve → send → record, resumable and idempotent (DESIGN §4.5).
+
+Why it is built this way:
+
+* **Every mail exactly once.** A batch is claimed in one transaction and recorded as a
+  ``send_batch`` row whose members never change and whose idempotency key is deterministic
+  (campaign and sequence number).  SendCloud refuses a second request with the same
+  ``sendRequestId`` within an hour, so re-sending a batch after a crash or a timeout cannot
+  duplicate it; its "duplicate request" answer means "accepted earlier".
+* **SMTP has no such key**, so the SMTP path records each recipient in its own transaction right
+  after the server's reply.  After a crash only the mail in flight can be sent twice; it is
+  re-sent with the same Message-ID and flagged ``possible_duplicate``.
+* **Quota before the call.** The send gate (``quota.reserve_for_send``) grants what the daily quota,
+  the balance and the owner's cap allow; when nothing is left the campaign pauses with a reason
+  and a time to look again, and the scheduler resumes it.
+* **Crashes are normal.** Batches carry a lease; a batch whose worker died is taken over when the
+  lease passes.  Per-recipient results and the quota settlement commit together.
+* **Fast path stays cheap.** Core statements, one content compiled per (template, sender) and
+  cached in the run context, per-recipient values from a table built once.
+
+``run_batch`` is the unit of work shared by the in-process threads backend and Celery workers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import os
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sqlalchemy import bindparam, func, select, update
+from sqlalchemy.orm import Session
+
+from .. import quota
+from ..errors import (
+    AuthenticationFailed,
+    DuplicateRequest,
+    InvalidInput,
+    InvalidTransition,
+    MarketingError,
+    ProviderError,
+    ProviderQuotaExceeded,
+    Throttled,
+)
+from ..i18n import _
+from ..models import (
+    Campaign,
+    CampaignRecipient,
+    ProviderAccount,
+    SendBatch,
+    Sender,
+    Template,
+    utcnow,
+)
+from ..providers.base import BatchMessage, Provider, Recipient, SendResult
+from . import lifecycle
+
+log = logging.getLogger(__name__)
+
+#: How long a worker owns a claimed batch before others may take it over.
+BATCH_LEASE = dt.timedelta(minutes=5)
+#: SendCloud remembers a ``sendRequestId`` for an hour; a batch older than that is never re-sent blindly.
+IDEMPOTENCY_WINDOW = dt.timedelta(hours=1)
+#: Temporary per-recipient refusals (SMTP 4xx) are retried this many times in later batches.
+MAX_RECIPIENT_ATTEMPTS = 3
+#: Longest wait between retries of a failing provider.
+MAX_BACKOFF_SECONDS = 300.0
+#: After the automatic "provider" pause, try again after this long.
+PROVIDER_COOLDOWN = dt.timedelta(minutes=10)
+#: SendCloud: content that does not match an approved template.
+TEMPLATE_MISMATCH = 40908
+
+SENT = "sent"
+DONE = "done"
+BLOCKED = "blocked"
+RETRY = "retry"
+IDLE = "idle"
+
+StepHook = Callable[[str], None]
+
+
+def _worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+
+
+@dataclasses.dataclass
+class RunContext:
+    """What the runner needs from its surroundings; built once per worker (thread or process)."""
+
+    settings: Any
+    secrets: Any
+    directory: Any
+    provider_factory: Callable[[ProviderAccount, str], Provider]
+    worker_id: str = dataclasses.field(default_factory=_worker_id)
+    clock: Callable[[], dt.datetime] = utcnow
+    sleep: Callable[[float], None] = time.sleep
+    #: Seconds of the first retry after a provider failure (doubles per failure).
+    backoff_base: float = 1.0
+    #: Called at each step boundary with the step's name (crash tests kill the process there).
+    on_step: StepHook | None = None
+    _providers: dict[tuple[int, str], Provider] = dataclasses.field(default_factory=dict)
+    _contents: dict[tuple[int, int | None, int | None], Any] = dataclasses.field(default_factory=dict)
+
+    def step(self, name: str) -> None:
+        if self.on_step is not None:
+            self.on_step(name)
+
+    def provider(self, account: ProviderAccount, channel: str = "batch") -> Provider:
+        key = (account.id, channel)
+        provider = self._providers.get(key)
+        if provider is None:
+            provider = self._providers[key] = self.provider_factory(account, channel)
+        return provider
+
+    def drop_provider(self, account_id: int) -> None:
+        for key in [k for k in self._providers if k[0] == account_id]:
+            provider = self._providers.pop(key)
+            try:
+                provider.close()
+            except Exception:
+                log.debug("closing provider failed", exc_info=True)
+
+    def close(self) -> None:
+        for account_id in {k[0] for k in self._providers}:
+            self.drop_provider(account_id)
+
+
+def context_from_app(app, **overrides: Any) -> RunContext:
+    """A run context wired from the app's plugin state (providers built by ``plugin.channels``)."""
+    from ..channels import provider_factory
+
+    state = app.extensions["marketing"]
+    factory = provider_factory(app.extensions, secrets=state.secrets, settings=state.settings)
+    values: dict[str, Any] = {
+        "settings": state.settings,
+        "secrets": state.secrets,
+        "directory": state.directory,
+        "provider_factory": factory,
+    }
+    values.update(overrides)
+    return RunContext(**values)
+
+
+# --------------------------------------------------------------------------- small queries
+
+
+def _campaign(session: Session, campaign_id: int) -> Campaign | None:
+    return session.get(Campaign, campaign_id, populate_existing=True)
+
+
+def _is_postgres(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def _pause(
+    session: Session,
+    campaign: Campaign,
+    reason: str,
+    *,
+    detail: str | None = None,
+    retry_at: dt.datetime | None = None,
+    now: dt.datetime,
+) -> None:
+    try:
+        lifecycle.transition(
+            session, campaign, lifecycle.PAUSED, reason=reason, detail=detail, retry_at=retry_at, now=now
+        )
+    except InvalidTransition:
+        session.rollback()  # a user paused or cancelled it meanwhile: their decision stands
+        return
+    session.commit()
+    log.info("campaign %s paused: %s", campaign.id, reason)
+
+
+def _bump(session: Session, campaign_id: int, **deltas: int) -> None:
+    """Add to campaign counters with one UPDATE (``sent=3`` means ``sent = sent + 3``)."""
+    values = {name: getattr(Campaign, name) + value for name, value in deltas.items()}
+    session.execute(
+        update(Campaign)
+        .where(Campaign.id == campaign_id)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _finished(session: Session, campaign_id: int) -> bool:
+    open_recipient = session.scalar(
+        select(CampaignRecipient.id)
+        .where(
+            CampaignRecipient.campaign_id == campaign_id, CampaignRecipient.status.in_(("pending", "sending"))
+        )
+        .limit(1)
+    )
+    if open_recipient is not None:
+        return False
+    open_batch = session.scalar(
+        select(SendBatch.id)
+        .where(SendBatch.campaign_id == campaign_id, SendBatch.status.in_(("claimed", "sending")))
+        .limit(1)
+    )
+    return open_batch is None
+
+
+def _complete_if_finished(session: Session, campaign: Campaign, now: dt.datetime) -> bool:
+    if not _finished(session, campaign.id):
+        return False
+    try:
+        lifecycle.transition(session, campaign, lifecycle.COMPLETED, now=now)
+    except InvalidTransition:
+        session.rollback()
+        return False
+    session.commit()
+    log.info("campaign %s completed", campaign.id)
+    return True
+
+
+# --------------------------------------------------------------------------- start
+
+
+def start(session: Session, campaign_id: int, ctx: RunContext) -> None:
+    """Start a campaign now: sync the account, freeze the audience, status ``running``. Commits.
+
+    Idempotent: a campaign already running is left as it is.  An empty final audience completes
+    at once.
+    """
+    from . import audience
+
+    now = ctx.clock()
+    campaign = _campaign(session, campaign_id)
+    if campaign is None:
+        raise InvalidInput(_("No such campaign."), field="campaign_id")
+    if campaign.status == lifecycle.RUNNING:
+        return
+    if not lifecycle.can_transition(campaign.status, lifecycle.RUNNING):
+        raise InvalidTransition(
+            _("A campaign that is %(current)s cannot start.", current=lifecycle.status_label(campaign.status))
+        )
+    account = session.get(ProviderAccount, campaign.account_id) if campaign.account_id else None
+    if account is not None and account.kind == "sendcloud":
+        _sync_quietly(session, campaign.workspace_id, account, ctx)
+        campaign = _campaign(session, campaign_id)
+        assert campaign is not None
+    ctx.step("start:before_freeze")
+    if campaign.frozen_at is None:
+        audience.freeze(session, ctx.directory, campaign, settings=ctx.settings)
+    lifecycle.transition(session, campaign, lifecycle.RUNNING, now=now)
+    session.commit()
+    ctx.step("start:after_freeze")
+    _complete_if_finished(session, campaign, now)
+
+
+def _sync_quietly(session: Session, workspace_id: int, account: ProviderAccount, ctx: RunContext) -> None:
+    """Sync balance and quota before a start; a failed sync only means the gate uses older figures."""
+    try:
+        from .. import quota_sync
+
+        quota_sync.sync_account(session, workspace_id, account, ctx.provider(account, "batch"))
+    except (MarketingError, ImportError) as exc:
+        session.rollback()
+        log.warning("quota sync before start failed for account %s: %s", account.id, type(exc).__name__)
+
+
+# --------------------------------------------------------------------------- user actions
+
+
+def pause(session: Session, campaign_id: int, *, by: str | None = None) -> None:
+    campaign = _require(session, campaign_id)
+    lifecycle.transition(session, campaign, lifecycle.PAUSED, reason="user", detail=None)
+    session.commit()
+
+
+def resume(session: Session, campaign_id: int) -> None:
+    """A user resumes: whatever the pause reason, try again now (the gate will re-pause if needed)."""
+    campaign = _require(session, campaign_id)
+    lifecycle.transition(session, campaign, lifecycle.RUNNING)
+    session.execute(
+        update(Campaign)
+        .where(Campaign.id == campaign_id)
+        .values(consecutive_failures=0, retry_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+
+
+def cancel(session: Session, campaign_id: int) -> None:
+    """Stop for good; recipients not yet sent stay ``pending`` (visible as never sent)."""
+    campaign = _require(session, campaign_id)
+    lifecycle.transition(session, campaign, lifecycle.CANCELLED)
+    session.commit()
+
+
+def _require(session: Session, campaign_id: int) -> Campaign:
+    campaign = _campaign(session, campaign_id)
+    if campaign is None:
+        raise InvalidInput("no such campaign", field="campaign_id")
+    return campaign
+
+
+def resume_if_possible(session: Session, campaign_id: int, ctx: RunContext) -> bool:
+    """Lift an automatic pause (quota, balance, cap, sync, provider cool-down) when its cause is gone."""
+    now = ctx.clock()
+    campaign = _campaign(session, campaign_id)
+    if campaign is None or campaign.status != lifecycle.PAUSED:
+        return False
+    reason = campaign.pause_reason
+    if reason not in lifecycle.AUTO_RESUME_REASONS and reason != "provider":
+        return False
+    if campaign.retry_at is not None and campaign.retry_at > now:
+        return False
+    account = session.get(ProviderAccount, campaign.account_id) if campaign.account_id else None
+    if account is None:
+        return False
+    if reason != "provider":
+        probe = quota.reserve_for_send(
+            session,
+            workspace_id=campaign.workspace_id,
+            account=account,
+            n=1,
+            settings=ctx.settings,
+            owner_id=campaign.owner_id,
+            team=campaign.team,
+            now=now,
+        )
+        if isinstance(probe, quota.Blocked):
+            session.execute(
+                update(Campaign)
+                .where(Campaign.id == campaign_id, Campaign.status == lifecycle.PAUSED)
+                .values(pause_reason=probe.reason, retry_at=probe.retry_at)
+                .execution_options(synchronize_session=False)
+            )
+            session.commit()
+            return False
+        quota.give_back(session, probe)
+        session.commit()
+    campaign = _campaign(session, campaign_id)
+    assert campaign is not None
+    try:
+        lifecycle.transition(session, campaign, lifecycle.RUNNING, now=now)
+    except InvalidTransition:
+        session.rollback()
+        return False
+    session.execute(
+        update(Campaign)
+        .where(Campaign.id == campaign_id)
+        .values(consecutive_failures=0)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    log.info("campaign %s resumed automatically (was paused: %s)", campaign_id, reason)
+    return True
+
+
+# --------------------------------------------------------------------------- one batch
+
+
+@dataclasses.dataclass
+class _Batch:
+    id: int
+    seq: int
+    key: str
+    status: str
+    template_id: int | None
+    sender_id: int | None
+    grant: quota.Grant | None
+    lease_until: dt.datetime | None
+
+
+def run_batch(session: Session, campaign_id: int, ctx: RunContext) -> str:
+    """Do one unit of work for a running campaign and say what happened (see module constants)."""
+    now = ctx.clock()
+    campaign = _campaign(session, campaign_id)
+    if campaign is None or campaign.status != lifecycle.RUNNING:
+        session.rollback()
+        return IDLE
+    if campaign.retry_at is not None and campaign.retry_at > now:
+        session.rollback()
+        return RETRY
+    account = session.get(ProviderAccount, campaign.account_id) if campaign.account_id else None
+    if account is None or account.status != "active":
+        _pause(session, campaign, "account", now=now)
+        return BLOCKED
+
+    batch = _take_over_stale_batch(session, campaign, account, ctx, now)
+    if isinstance(batch, str):
+        return batch
+    if batch is None:
+        has_pending = session.scalar(
+            select(CampaignRecipient.id)
+            .where(CampaignRecipient.campaign_id == campaign.id, CampaignRecipient.status == "pending")
+            .limit(1)
+        )
+        if has_pending is None:
+            session.rollback()
+            return DONE if _complete_if_finished(session, campaign, now) else IDLE
+        grant = quota.reserve_for_send(
+            session,
+            workspace_id=campaign.workspace_id,
+            account=account,
+            n=min(ctx.settings.batch_size, _max_batch(account)),
+            settings=ctx.settings,
+            owner_id=campaign.owner_id,
+            team=campaign.team,
+            now=now,
+        )
+        if isinstance(grant, quota.Blocked):
+            campaign = _campaign(session, campaign_id)
+            if campaign is not None and campaign.status == lifecycle.RUNNING:
+                _pause(
+                    session,
+                    campaign,
+                    grant.reason,
+                    detail=grant.detail or None,
+                    retry_at=grant.retry_at,
+                    now=now,
+                )
+            return BLOCKED
+        ctx.step("batch:reserved")
+        batch = _claim(session, campaign, account, grant, now)
+        if batch is None:
+            quota.give_back(session, grant)
+            session.commit()
+            return DONE if _complete_if_finished(session, campaign, now) else IDLE
+        ctx.step("batch:claimed")
+    return _send(session, campaign, account, batch, ctx, now)
+
+
+def _max_batch(account: ProviderAccount) -> int:
+    return 100
+
+
+def _claim(
+    session: Session, campaign: Campaign, account: ProviderAccount, grant: quota.Grant, now: dt.datetime
+) -> _Batch | None:
+    """Claim up to ``grant.amount`` pending recipients sharing one content into a new batch. Commits.
+
+    The campaign row is updated first (the sequence number): on PostgreSQL that row lock orders
+    concurrent claimers of one campaign, on SQLite the first write takes the database's write
+    lock; either way the SELECT that follows sees every earlier claim.  ``SKIP LOCKED`` keeps
+    PostgreSQL workers from waiting on rows another transaction is still claiming.
+    """
+    seq = (
+        session.execute(
+            update(Campaign)
+            .where(Campaign.id == campaign.id)
+            .values(next_seq=Campaign.next_seq + 1)
+            .returning(Campaign.next_seq)
+        ).scalar_one()
+        - 1
+    )
+    first = session.execute(
+        select(CampaignRecipient.template_id, CampaignRecipient.sender_id)
+        .where(CampaignRecipient.campaign_id == campaign.id, CampaignRecipient.status == "pending")
+        .order_by(CampaignRecipient.id)
+        .limit(1)
+    ).first()
+    if first is None:
+        session.rollback()
+        return None
+    template_id, sender_id = first
+    query = (
+        select(CampaignRecipient.id, CampaignRecipient.email)
+        .where(
+            CampaignRecipient.campaign_id == campaign.id,
+            CampaignRecipient.status == "pending",
+            CampaignRecipient.template_id.is_(None)
+            if template_id is None
+            else CampaignRecipient.template_id == template_id,
+            CampaignRecipient.sender_id.is_(None)
+            if sender_id is None
+            else CampaignRecipient.sender_id == sender_id,
+        )
+        .order_by(CampaignRecipient.id)
+        .limit(grant.amount)
+    )
+    if _is_postgres(session):
+        query = query.with_for_update(skip_locked=True)
+    rows = session.execute(query).all()
+    if not rows:
+        session.rollback()
+        return None
+    from .. import suppression
+
+    suppressed = suppression.suppressed_among(session, campaign.workspace_id, [r.email for r in rows])
+    members = [r.id for r in rows if r.email not in suppressed]
+    skipped = [r.id for r in rows if r.email in suppressed]
+    if skipped:
+        session.execute(
+            update(CampaignRecipient)
+            .where(CampaignRecipient.id.in_(skipped))
+            .values(status="skipped", reason="suppressed")
+            .execution_options(synchronize_session=False)
+        )
+        _bump(session, campaign.id, skipped=len(skipped))
+    if not members:  # all suppressed since the freeze: they are skipped; the caller claims again
+        quota.give_back(session, grant)
+        session.commit()
+        return None
+    key = f"mkt-w{campaign.workspace_id}-c{campaign.id}-b{seq}"
+    lease_until = now + BATCH_LEASE
+    batch_id = session.execute(
+        SendBatch.__table__.insert()
+        .values(
+            workspace_id=campaign.workspace_id,
+            campaign_id=campaign.id,
+            seq=seq,
+            idempotency_key=key,
+            status="sending",
+            size=len(members),
+            attempts=0,
+            lease_until=lease_until,
+            template_id=template_id,
+            sender_id=sender_id,
+            account_id=account.id,
+            reservation_id=grant.reservation_id,
+            cap_reservation_id=grant.cap_reservation_id,
+            created_at=now,
+        )
+        .returning(SendBatch.__table__.c.id)
+    ).scalar_one()
+    session.execute(
+        update(CampaignRecipient)
+        .where(CampaignRecipient.id.in_(members))
+        .values(status="sending", batch_id=batch_id)
+        .execution_options(synchronize_session=False)
+    )
+    if len(members) < grant.amount:
+        # Fewer recipients than granted: give the surplus back now rather than at settlement.
+        grant = _shrink(session, grant, len(members), now)
+        session.execute(
+            update(SendBatch)
+            .where(SendBatch.id == batch_id)
+            .values(reservation_id=grant.reservation_id, cap_reservation_id=grant.cap_reservation_id)
+            .execution_options(synchronize_session=False)
+        )
+    session.commit()
+    return _Batch(batch_id, seq, key, "sending", template_id, sender_id, grant, lease_until)
+
+
+def _shrink(session: Session, grant: quota.Grant, amount: int, now: dt.datetime) -> quota.Grant:
+    """Reduce a held grant to ``amount`` by settling the difference as unused (same transaction)."""
+    from ..models import QuotaLedger, QuotaReservation
+
+    for reservation_id in (grant.reservation_id, grant.cap_reservation_id):
+        if reservation_id is None:
+            continue
+        row = session.execute(
+            select(QuotaReservation.ledger_id, QuotaReservation.amount, QuotaReservation.status).where(
+                QuotaReservation.id == reservation_id
+            )
+        ).one()
+        if row.status != quota.HELD or row.amount <= amount:
+            continue
+        surplus = row.amount - amount
+        session.execute(
+            update(QuotaReservation)
+            .where(QuotaReservation.id == reservation_id, QuotaReservation.status == quota.HELD)
+            .values(amount=amount)
+            .execution_options(synchronize_session=False)
+        )
+        session.execute(
+            update(QuotaLedger)
+            .where(QuotaLedger.id == row.ledger_id)
+            .values(reserved=QuotaLedger.reserved - surplus)
+            .execution_options(synchronize_session=False)
+        )
+    return dataclasses.replace(grant, amount=amount)
+
+
+def _take_over_stale_batch(
+    session: Session, campaign: Campaign, account: ProviderAccount, ctx: RunContext, now: dt.datetime
+) -> _Batch | str | None:
+    """A batch of this campaign whose worker died or gave up for now: take it over, or ``None``.
+
+    Taking over is one conditional UPDATE on the lease, so two workers cannot both resume it.
+    A batch older than the provider's idempotency window is not re-sent (its outcome becomes
+    ``unknown`` for a person to decide).  Returns a run_batch outcome string when the batch
+    cannot be retried now.
+    """
+    row = session.execute(
+        select(SendBatch)
+        .where(
+            SendBatch.campaign_id == campaign.id,
+            SendBatch.status.in_(("claimed", "sending")),
+            SendBatch.lease_until < now,
+        )
+        .order_by(SendBatch.id)
+        .limit(1)
+    ).scalar_one_or_none()
+    if row is None:
+        return None
+    new_lease = now + BATCH_LEASE
+    taken = session.execute(
+        update(SendBatch)
+        .where(
+            SendBatch.id == row.id, SendBatch.lease_until == row.lease_until, SendBatch.status == row.status
+        )
+        .values(lease_until=new_lease)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if taken != 1:
+        session.rollback()
+        return None
+    batch_id, status, key, seq = row.id, row.status, row.idempotency_key, row.seq
+    template_id, sender_id = row.template_id, row.sender_id
+    reservation_id, cap_reservation_id = row.reservation_id, row.cap_reservation_id
+    last_attempt = row.lease_until - BATCH_LEASE if row.lease_until else row.created_at
+    members = (
+        session.scalar(
+            select(func.count())
+            .select_from(CampaignRecipient)
+            .where(CampaignRecipient.batch_id == batch_id, CampaignRecipient.status == "sending")
+        )
+        or 0
+    )
+    if members == 0:
+        session.execute(
+            update(SendBatch)
+            .where(SendBatch.id == batch_id)
+            .values(status="sent", sent_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        for rid in (reservation_id, cap_reservation_id):
+            if rid is not None:
+                quota.release(session, rid, commit=False)
+        session.commit()
+        return None
+    if (
+        status == "sending"
+        and account.kind == "sendcloud"
+        and row.attempts > 0
+        and now - last_attempt > IDEMPOTENCY_WINDOW
+    ):
+        _mark_unknown(session, campaign.id, batch_id, now)
+        return None
+    grant = _reuse_or_reserve(
+        session, campaign, account, ctx, reservation_id, cap_reservation_id, members, now
+    )
+    if isinstance(grant, quota.Blocked):
+        session.execute(
+            update(SendBatch)
+            .where(SendBatch.id == batch_id)
+            .values(lease_until=now)
+            .execution_options(synchronize_session=False)
+        )
+        session.commit()
+        fresh = _campaign(session, campaign.id)
+        if fresh is not None and fresh.status == lifecycle.RUNNING:
+            _pause(
+                session, fresh, grant.reason, detail=grant.detail or None, retry_at=grant.retry_at, now=now
+            )
+        return BLOCKED
+    session.execute(
+        update(SendBatch)
+        .where(SendBatch.id == batch_id)
+        .values(
+            reservation_id=grant.reservation_id, cap_reservation_id=grant.cap_reservation_id, status="sending"
+        )
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    ctx.step("batch:taken_over")
+    return _Batch(batch_id, seq, key, status, template_id, sender_id, grant, new_lease)
+
+
+def _reuse_or_reserve(
+    session: Session,
+    campaign: Campaign,
+    account: ProviderAccount,
+    ctx: RunContext,
+    reservation_id: int | None,
+    cap_reservation_id: int | None,
+    members: int,
+    now: dt.datetime,
+) -> quota.Grant | quota.Blocked:
+    """The batch's own reservation if it is still held (renewed), else a new one for its members."""
+    from ..models import QuotaReservation
+
+    if reservation_id is not None:
+        held = session.execute(
+            select(QuotaReservation.amount, QuotaReservation.status).where(
+                QuotaReservation.id == reservation_id
+            )
+        ).one_or_none()
+        if held is not None and held.status == quota.HELD and held.amount >= members:
+            grant = quota.Grant(held.amount, reservation_id, cap_reservation_id)
+            quota.renew_grant(session, grant)
+            return grant
+        if held is not None and held.status == quota.HELD:
+            quota.release(session, reservation_id, commit=False)
+            if cap_reservation_id is not None:
+                quota.release(session, cap_reservation_id, commit=False)
+            session.commit()
+    grant = quota.reserve_for_send(
+        session,
+        workspace_id=campaign.workspace_id,
+        account=account,
+        n=members,
+        settings=ctx.settings,
+        owner_id=campaign.owner_id,
+        team=campaign.team,
+        now=now,
+    )
+    if isinstance(grant, quota.Grant) and grant.amount < members:
+        # A batch is sent whole or not at all: a partial grant cannot cover it.
+        quota.give_back(session, grant)
+        session.commit()
+        return quota.Blocked("quota", "", quota.next_provider_midnight(now))
+    return grant
+
+
+def _mark_unknown(session: Session, campaign_id: int, batch_id: int, now: dt.datetime) -> None:
+    reason = "outcome unknown: the batch was interrupted more than an hour ago; check the provider's log"
+    changed = session.execute(
+        update(CampaignRecipient)
+        .where(CampaignRecipient.batch_id == batch_id, CampaignRecipient.status == "sending")
+        .values(status="unknown", reason=reason)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    session.execute(
+        update(SendBatch)
+        .where(SendBatch.id == batch_id)
+        .values(status="unknown", error=reason)
+        .execution_options(synchronize_session=False)
+    )
+    _bump(session, campaign_id, failed=changed)
+    session.commit()
+
+
+# --------------------------------------------------------------------------- sending
+
+
+def _members(session: Session, batch_id: int) -> list[tuple[int, int | None, str, int]]:
+    return [
+        (r.id, r.contact_id, r.email, r.attempts)
+        for r in session.execute(
+            select(
+                CampaignRecipient.id,
+                CampaignRecipient.contact_id,
+                CampaignRecipient.email,
+                CampaignRecipient.attempts,
+            )
+            .where(CampaignRecipient.batch_id == batch_id, CampaignRecipient.status == "sending")
+            .order_by(CampaignRecipient.id)
+        ).all()
+    ]
+
+
+def _content(session: Session, campaign: Campaign, batch: _Batch, ctx: RunContext):
+    from . import rendering
+
+    key = (campaign.id, batch.template_id, batch.sender_id)
+    content = ctx._contents.get(key)
+    if content is None:
+        template = session.get(Template, batch.template_id) if batch.template_id else None
+        sender = session.get(Sender, batch.sender_id) if batch.sender_id else None
+        if template is None:
+            raise InvalidInput("the campaign's template no longer exists", field="template_ids")
+        content = rendering.compile_content(
+            template,
+            sender=sender,
+            company_name=(sender.company_name if sender else "") or "",
+            postal_address=(sender.postal_address if sender else "") or "",
+            tracking=bool(campaign.tracking),
+        )
+        sender_info = {
+            "from_address": sender.from_address if sender else "",
+            "from_name": sender.from_name if sender else "",
+            "reply_to": sender.reply_to if sender else None,
+            "template_name": template.provider_template_name if template.review_state == "approved" else None,
+        }
+        content = ctx._contents[key] = (content, sender_info)
+    return content
+
+
+def _build_message(
+    session: Session,
+    campaign: Campaign,
+    account: ProviderAccount,
+    batch: _Batch,
+    members: Sequence[tuple[int, int | None, str, int]],
+    ctx: RunContext,
+    now: dt.datetime,
+) -> BatchMessage:
+    from .. import tracking
+    from . import rendering
+
+    content, sender_info = _content(session, campaign, batch, ctx)
+    contact_ids = [m[1] for m in members if m[1] is not None]
+    contacts: dict[int, Any] = {}
+    if contact_ids:
+        ids_select = _literal_ids(contact_ids)
+        for chunk in ctx.directory.contacts(
+            session, campaign.workspace_id, ids_select, chunk=len(contact_ids)
+        ):
+            for record in chunk:
+                contacts[record.id] = record
+    from_address = sender_info["from_address"] or account.from_address or ""
+    domain = from_address.rpartition("@")[2] or "localhost"
+    rng = random.Random(batch.id)
+    recipients = []
+    for recipient_id, contact_id, email, _attempts in members:
+        values = rendering.recipient_values(
+            content,
+            contacts.get(contact_id) if contact_id is not None else None,
+            email=email,
+            unsubscribe_url=tracking.unsubscribe_url(ctx.settings, campaign.workspace_id, recipient_id),
+            now=now,
+            rng=rng,
+        )
+        message_id = f"<mkt.{campaign.id}.{recipient_id}@{domain}>" if account.kind == "smtp" else None
+        recipients.append(Recipient(email=email, variables=values, message_id=message_id))
+    extra: dict[str, Any] = {}
+    if (
+        sender_info.get("template_name")
+        and account.kind == "sendcloud"
+        and "template_name" in BatchMessage.__dataclass_fields__
+    ):
+        extra["template_name"] = sender_info["template_name"]
+    return BatchMessage(
+        from_address=from_address,
+        from_name=campaign.from_name or sender_info["from_name"] or "",
+        subject=content.subject,
+        html=content.html,
+        text=content.text or None,
+        recipients=recipients,
+        idempotency_key=batch.key,
+        reply_to=campaign.reply_to or sender_info["reply_to"] or None,
+        headers={"SC-Custom-campaign": str(campaign.id), "SC-Custom-batch": str(batch.id)},
+        label=campaign.label or None,
+        kind="batch",
+        **extra,
+    )
+
+
+def _literal_ids(ids: Sequence[int]):
+    from ..models import Contact
+
+    return select(Contact.id).where(Contact.id.in_(list(ids)))
+
+
+def _send(
+    session: Session,
+    campaign: Campaign,
+    account: ProviderAccount,
+    batch: _Batch,
+    ctx: RunContext,
+    now: dt.datetime,
+) -> str:
+    members = _members(session, batch.id)
+    assert batch.grant is not None
+    if not members:
+        quota.give_back(session, batch.grant)
+        session.execute(
+            update(SendBatch)
+            .where(SendBatch.id == batch.id)
+            .values(status="sent", sent_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        session.commit()
+        return SENT
+    try:
+        message = _build_message(session, campaign, account, batch, members, ctx, now)
+    except InvalidInput as exc:
+        return _fail_batch(session, campaign, batch, members, str(exc), ctx, now, permanent=True)
+    session.execute(
+        update(SendBatch)
+        .where(SendBatch.id == batch.id)
+        .values(attempts=SendBatch.attempts + 1, lease_until=now + BATCH_LEASE)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    ctx.step("batch:before_send")
+    if account.kind == "smtp":
+        return _send_smtp(session, campaign, account, batch, members, message, ctx, now)
+    provider = ctx.provider(account, "batch")
+    try:
+        results = provider.send_batch(message)
+    except DuplicateRequest:
+        results = [SendResult(r.email, "accepted") for r in message.recipients]
+    except ProviderQuotaExceeded as exc:
+        return _provider_refused_quota(session, campaign, batch, str(exc), ctx, now)
+    except AuthenticationFailed as exc:
+        ctx.drop_provider(account.id)
+        return _hold_batch_and_pause(session, campaign, batch, "account", str(exc), ctx, now)
+    except (Throttled, ProviderError) as exc:
+        if getattr(exc, "status_code", None) == TEMPLATE_MISMATCH:
+            return _hold_batch_and_pause(session, campaign, batch, "template", str(exc), ctx, now)
+        if isinstance(exc, Throttled) or exc.retryable:
+            return _retry_later(
+                session, campaign, batch, str(exc), ctx, now, throttled=isinstance(exc, Throttled)
+            )
+        return _fail_batch(session, campaign, batch, members, str(exc), ctx, now, permanent=True)
+    except InvalidInput as exc:
+        return _fail_batch(session, campaign, batch, members, str(exc), ctx, now, permanent=True)
+    ctx.step("batch:after_send")
+    _record(session, campaign, batch, members, results, now)
+    session.commit()
+    ctx.step("batch:recorded")
+    return SENT
+
+
+def _record(
+    session: Session,
+    campaign: Campaign,
+    batch: _Batch,
+    members: Sequence[tuple[int, int | None, str, int]],
+    results: Sequence[SendResult],
+    now: dt.datetime,
+) -> None:
+    """Write per-recipient results, settle the quota and count, in the caller's transaction."""
+    by_email: dict[str, SendResult] = {}
+    for result in results:
+        by_email.setdefault(result.recipient.lower(), result)
+    updates = []
+    accepted = failed = retried = unknown = 0
+    for recipient_id, _contact_id, email, attempts in members:
+        result = by_email.get(email.lower())
+        attempts += 1
+        if result is None:
+            status, reason, message_id = "unknown", "the provider did not report this recipient", None
+        else:
+            status, reason, message_id = result.status, result.error, result.provider_message_id
+        if status == "accepted":
+            accepted += 1
+            updates.append(_row(recipient_id, "accepted", None, message_id, now, attempts, batch.id))
+        elif status == "rejected":
+            failed += 1
+            updates.append(_row(recipient_id, "failed", reason, message_id, None, attempts, batch.id))
+        elif status == "failed" and attempts < MAX_RECIPIENT_ATTEMPTS:
+            retried += 1
+            updates.append(_row(recipient_id, "pending", reason, None, None, attempts, batch.id))
+        elif status == "failed":
+            failed += 1
+            updates.append(_row(recipient_id, "failed", reason, None, None, attempts, batch.id))
+        else:
+            unknown += 1
+            updates.append(_row(recipient_id, "unknown", reason, message_id, now, attempts, batch.id))
+    if updates:
+        table = CampaignRecipient.__table__
+        session.execute(
+            table.update()
+            .where(table.c.id == bindparam("rid"))
+            .values(
+                status=bindparam("st"),
+                reason=bindparam("rs"),
+                provider_message_id=bindparam("mid"),
+                sent_at=bindparam("at"),
+                attempts=bindparam("n"),
+                batch_id=bindparam("bid"),
+            ),
+            updates,
+        )
+    assert batch.grant is not None
+    quota.settle(session, batch.grant, accepted + unknown)
+    session.execute(
+        update(SendBatch)
+        .where(SendBatch.id == batch.id)
+        .values(status="sent", sent_at=now, error=None)
+        .execution_options(synchronize_session=False)
+    )
+    values: dict[str, Any] = {
+        "sent": Campaign.sent + accepted,
+        "failed": Campaign.failed + failed + unknown,
+    }
+    if accepted:
+        values["consecutive_failures"] = 0
+    session.execute(
+        update(Campaign)
+        .where(Campaign.id == campaign.id)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _row(
+    recipient_id: int,
+    status: str,
+    reason: str | None,
+    message_id: str | None,
+    at: dt.datetime | None,
+    attempts: int,
+    batch_id: int | None,
+) -> dict[str, Any]:
+    """Parameters of one recipient update; a recipient going back to ``pending`` leaves its batch."""
+    return {
+        "rid": recipient_id,
+        "st": status,
+        "rs": (reason or None) and str(reason)[:255],
+        "mid": message_id,
+        "at": at,
+        "n": attempts,
+        "bid": None if status == "pending" else batch_id,
+    }
+
+
+def _send_smtp(
+    session: Session,
+    campaign: Campaign,
+    account: ProviderAccount,
+    batch: _Batch,
+    members: Sequence[tuple[int, int | None, str, int]],
+    message: BatchMessage,
+    ctx: RunContext,
+    now: dt.datetime,
+) -> str:
+    """One recipient per transaction: only the mail in flight at a crash can go out twice.
+
+    A batch taken over after a crash had its first remaining recipient possibly in flight: that
+    one is flagged ``possible_duplicate`` (it is re-sent with the same Message-ID).
+    """
+    provider = ctx.provider(account, "batch")
+    assert batch.grant is not None
+    table = CampaignRecipient.__table__
+    if batch.status == "sending" and _was_interrupted(session, batch.id):
+        first_id = members[0][0]
+        session.execute(table.update().where(table.c.id == first_id).values(possible_duplicate=True))
+        session.execute(
+            update(Campaign)
+            .where(Campaign.id == campaign.id)
+            .values(possible_duplicates=Campaign.possible_duplicates + 1)
+            .execution_options(synchronize_session=False)
+        )
+        session.commit()
+    used = 0
+    lease_renewed_at = time.monotonic()
+    by_email = {r.email: r for r in message.recipients}
+    for index, (recipient_id, _contact_id, email, attempts) in enumerate(members):
+        single = dataclasses.replace(message, recipients=[by_email[email]])
+        try:
+            result = provider.send_batch(single)[0]
+        except ProviderError as exc:
+            if index == 0 and used == 0:
+                return _retry_later(session, campaign, batch, str(exc), ctx, now, throttled=False)
+            result = SendResult(email, "failed", error=f"temporary: {exc}")
+        except InvalidInput as exc:
+            result = SendResult(email, "rejected", error=str(exc))
+        ctx.step("smtp:after_send")
+        sent_now = ctx.clock()
+        status = result.status
+        attempts += 1
+        if status == "accepted" or status == "unknown":
+            used += 1
+        if status == "failed" and attempts < MAX_RECIPIENT_ATTEMPTS:
+            values = {"status": "pending", "reason": result.error, "attempts": attempts, "batch_id": None}
+            counters: dict[str, Any] = {}
+        else:
+            final = {"accepted": "accepted", "unknown": "unknown"}.get(status, "failed")
+            values = {
+                "status": final,
+                "reason": (result.error or None) and str(result.error)[:255],
+                "attempts": attempts,
+                "provider_message_id": result.provider_message_id,
+                "sent_at": sent_now if final != "failed" else None,
+            }
+            counters = {"sent": Campaign.sent + 1} if final == "accepted" else {"failed": Campaign.failed + 1}
+            if final == "accepted":
+                counters["consecutive_failures"] = 0
+        session.execute(table.update().where(table.c.id == recipient_id).values(**values))
+        if counters:
+            session.execute(
+                update(Campaign)
+                .where(Campaign.id == campaign.id)
+                .values(**counters)
+                .execution_options(synchronize_session=False)
+            )
+        session.commit()
+        ctx.step("smtp:recorded")
+        if time.monotonic() - lease_renewed_at > BATCH_LEASE.total_seconds() / 3:
+            lease_renewed_at = time.monotonic()
+            session.execute(
+                update(SendBatch)
+                .where(SendBatch.id == batch.id)
+                .values(lease_until=ctx.clock() + BATCH_LEASE)
+                .execution_options(synchronize_session=False)
+            )
+            quota.renew_grant(session, batch.grant)
+    quota.settle(session, batch.grant, min(used, batch.grant.amount))
+    session.execute(
+        update(SendBatch)
+        .where(SendBatch.id == batch.id)
+        .values(status="sent", sent_at=ctx.clock())
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return SENT
+
+
+def _was_interrupted(session: Session, batch_id: int) -> bool:
+    attempts = session.scalar(select(SendBatch.attempts).where(SendBatch.id == batch_id)) or 0
+    return attempts > 1
+
+
+def _backoff(ctx: RunContext, failures: int, *, throttled: bool) -> float:
+    base = ctx.backoff_base * (2 ** max(0, failures - 1))
+    if throttled:
+        base = max(base, ctx.backoff_base)
+    return min(MAX_BACKOFF_SECONDS, base) * (0.75 + random.random() * 0.5)
+
+
+def _retry_later(
+    session: Session,
+    campaign: Campaign,
+    batch: _Batch,
+    error: str,
+    ctx: RunContext,
+    now: dt.datetime,
+    *,
+    throttled: bool,
+) -> str:
+    """A temporary failure: keep the batch and its quota, free its lease, back off the campaign.
+
+    The batch keeps its key, so the retry cannot duplicate what the provider may already have
+    accepted (a timeout after acceptance).
+    """
+    failures = session.execute(
+        update(Campaign)
+        .where(Campaign.id == campaign.id)
+        .values(
+            consecutive_failures=Campaign.consecutive_failures + (0 if throttled else 1),
+            last_error=error[:2000],
+        )
+        .returning(Campaign.consecutive_failures)
+    ).scalar_one()
+    delay = _backoff(ctx, failures or 1, throttled=throttled)
+    retry_at = now + dt.timedelta(seconds=delay)
+    session.execute(
+        update(SendBatch)
+        .where(SendBatch.id == batch.id)
+        .values(lease_until=now, error=error[:2000])
+        .execution_options(synchronize_session=False)
+    )
+    session.execute(
+        update(Campaign)
+        .where(Campaign.id == campaign.id)
+        .values(retry_at=retry_at)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    if failures >= ctx.settings.max_consecutive_failures:
+        fresh = _campaign(session, campaign.id)
+        if fresh is not None and fresh.status == lifecycle.RUNNING:
+            _pause(session, fresh, "provider", detail=error[:500], retry_at=now + PROVIDER_COOLDOWN, now=now)
+        return BLOCKED
+    return RETRY
+
+
+def _provider_refused_quota(
+    session: Session, campaign: Campaign, batch: _Batch, error: str, ctx: RunContext, now: dt.datetime
+) -> str:
+    """SendCloud says the quota (or the balance) is used up: nothing was sent; pause at once."""
+    assert batch.grant is not None
+    quota.give_back(session, batch.grant)
+    session.execute(
+        update(SendBatch)
+        .where(SendBatch.id == batch.id)
+        .values(status="claimed", lease_until=now, error=error[:2000])
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    balance = "余额" in error or "balance" in error.lower()
+    fresh = _campaign(session, campaign.id)
+    if fresh is not None and fresh.status == lifecycle.RUNNING:
+        if balance:
+            _pause(session, fresh, "balance", detail=error[:500], retry_at=now + quota.RECHECK_AFTER, now=now)
+        else:
+            _pause(session, fresh, "quota", detail=None, retry_at=quota.next_provider_midnight(now), now=now)
+    return BLOCKED
+
+
+def _hold_batch_and_pause(
+    session: Session,
+    campaign: Campaign,
+    batch: _Batch,
+    reason: str,
+    error: str,
+    ctx: RunContext,
+    now: dt.datetime,
+) -> str:
+    """A refusal a person must fix (credentials, template review): keep the batch for later."""
+    assert batch.grant is not None
+    quota.give_back(session, batch.grant)
+    session.execute(
+        update(SendBatch)
+        .where(SendBatch.id == batch.id)
+        .values(status="claimed", lease_until=now, error=error[:2000])
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    fresh = _campaign(session, campaign.id)
+    if fresh is not None and fresh.status == lifecycle.RUNNING:
+        _pause(session, fresh, reason, detail=error[:500], now=now)
+    return BLOCKED
+
+
+def _fail_batch(
+    session: Session,
+    campaign: Campaign,
+    batch: _Batch,
+    members: Sequence[tuple[int, int | None, str, int]],
+    error: str,
+    ctx: RunContext,
+    now: dt.datetime,
+    *,
+    permanent: bool,
+) -> str:
+    """A permanent refusal of the whole batch: its recipients fail with the reason; never re-sent."""
+    assert batch.grant is not None
+    quota.give_back(session, batch.grant)
+    session.execute(
+        update(CampaignRecipient)
+        .where(CampaignRecipient.batch_id == batch.id, CampaignRecipient.status == "sending")
+        .values(status="failed", reason=error[:255])
+        .execution_options(synchronize_session=False)
+    )
+    session.execute(
+        update(SendBatch)
+        .where(SendBatch.id == batch.id)
+        .values(status="failed", error=error[:2000])
+        .execution_options(synchronize_session=False)
+    )
+    failures = session.execute(
+        update(Campaign)
+        .where(Campaign.id == campaign.id)
+        .values(
+            failed=Campaign.failed + len(members),
+            consecutive_failures=Campaign.consecutive_failures + 1,
+            last_error=error[:2000],
+        )
+        .returning(Campaign.consecutive_failures)
+    ).scalar_one()
+    session.commit()
+    if failures >= ctx.settings.max_consecutive_failures:
+        fresh = _campaign(session, campaign.id)
+        if fresh is not None and fresh.status == lifecycle.RUNNING:
+            _pause(session, fresh, "provider", detail=error[:500], retry_at=now + PROVIDER_COOLDOWN, now=now)
+        return BLOCKED
+    return SENT
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def run_campaign(
+    session: Session, campaign_id: int, ctx: RunContext, *, should_stop: Callable[[], bool] = lambda: False
+) -> str:
+    """Run batches until the campaign is done, paused, backing off or stopped; pace at its rate.
+
+    Returns the last ``run_batch`` outcome (``done``, ``blocked``, ``retry``, ``idle``), or
+    ``idle`` when stopped.  A ``retry`` with a short back-off is waited out here, so a worker
+    rides through brief provider hiccups without giving the campaign back.
+    """
+    rate = _rate(session, campaign_id, ctx)
+    started = time.monotonic()
+    sent_total = 0
+    while not should_stop():
+        before = _sent_count(session, campaign_id)
+        outcome = run_batch(session, campaign_id, ctx)
+        if outcome == SENT:
+            sent_total += max(0, _sent_count(session, campaign_id) - before) if rate else 0
+            if rate:
+                ahead = sent_total / rate - (time.monotonic() - started)
+                if ahead > 0:
+                    ctx.sleep(ahead)
+            continue
+        if outcome == RETRY:
+            wait = _retry_wait(session, campaign_id, ctx)
+            if wait is not None and wait <= 30:
+                ctx.sleep(max(0.0, wait))
+                continue
+        if outcome == IDLE and _open_batches_elsewhere(session, campaign_id):
+            ctx.sleep(0.2)
+            continue
+        return outcome
+    return IDLE
+
+
+def _rate(session: Session, campaign_id: int, ctx: RunContext) -> float:
+    value = session.scalar(select(Campaign.send_rate).where(Campaign.id == campaign_id))
+    rate = float(value) if value is not None else float(ctx.settings.send_rate)
+    return rate if rate > 0 else 0.0
+
+
+def _sent_count(session: Session, campaign_id: int) -> int:
+    return int(session.scalar(select(Campaign.sent + Campaign.failed).where(Campaign.id == campaign_id)) or 0)
+
+
+def _retry_wait(session: Session, campaign_id: int, ctx: RunContext) -> float | None:
+    retry_at = session.scalar(select(Campaign.retry_at).where(Campaign.id == campaign_id))
+    session.rollback()
+    if retry_at is None:
+        return 0.0
+    return (retry_at - ctx.clock()).total_seconds()
+
+
+def _open_batches_elsewhere(session: Session, campaign_id: int) -> bool:
+    """Another worker still holds a batch of this campaign: wait for it (or its lease) to end."""
+    found = session.scalar(
+        select(SendBatch.id)
+        .where(SendBatch.campaign_id == campaign_id, SendBatch.status.in_(("claimed", "sending")))
+        .limit(1)
+    )
+    status = session.scalar(select(Campaign.status).where(Campaign.id == campaign_id))
+    session.rollback()
+    return found is not None and status == lifecycle.RUNNING
+
+
+__all__ = [
+    "BLOCKED",
+    "DONE",
+    "IDLE",
+    "RETRY",
+    "SENT",
+    "RunContext",
+    "cancel",
+    "context_from_app",
+    "pause",
+    "resume",
+    "resume_if_possible",
+    "run_batch",
+    "run_campaign",
+    "start",
+]
