@@ -45,6 +45,9 @@ class BatchMessage:
     label: str | None = None
     #: ``trigger`` (transactional, one recipient) or ``batch`` (marketing).
     kind: Literal["batch", "trigger"] = "batch"
+    #: SendCloud invoke name of an approved template: the batch goes through ``mail/sendtemplate``
+    #: (its content is the template's; ``html``/``text`` are then only for providers without one).
+    template_name: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -110,6 +110,26 @@ class DomainInfo:
         return bool(self.verify & VERIFY_BITS[purpose])
 
 
+#: ``templateStat`` → our review state (reference §7).
+TEMPLATE_STATES = {-2: "not_submitted", -1: "rejected", 0: "pending", 1: "approved"}
+#: ``templateType``: 0 trigger (transactional), 1 batch (marketing).
+TEMPLATE_TYPES = {"trigger": 0, "batch": 1}
+
+
+@dataclasses.dataclass(frozen=True)
+class TemplateInfo:
+    """A template as SendCloud holds it, with its review state in our vocabulary."""
+
+    invoke_name: str
+    name: str
+    template_type: Literal["batch", "trigger"]
+    state: str  # not_submitted | pending | approved | rejected
+    subject: str = ""
+    updated: str = ""
+    #: A reason, when the answer carries one (the documented fields have none; kept if present).
+    note: str | None = None
+
+
 @dataclasses.dataclass(frozen=True)
 class ApiUserInfo:
     name: str
@@ -145,6 +165,20 @@ def _domain_from_api(data: Mapping[str, Any]) -> DomainInfo:
             priority = _as_int(data.get("mx.priority"), 10)
         records.append(DnsRecord(purpose=purpose, type=rtype, host=host, value=value, priority=priority))
     return DomainInfo(name=name, verify=_as_int(data.get("verify"), 0), records=tuple(records))
+
+
+def _template_from_api(data: Mapping[str, Any]) -> TemplateInfo:
+    stat = _as_int(data.get("templateStat"), -2)
+    note = _first_present(data, "auditReason", "reason", "remark", "auditDesc")
+    return TemplateInfo(
+        invoke_name=str(data.get("invokeName") or ""),
+        name=str(data.get("name") or ""),
+        template_type="trigger" if _as_int(data.get("templateType"), 1) == 0 else "batch",
+        state=TEMPLATE_STATES.get(stat, "not_submitted"),
+        subject=str(data.get("subject") or ""),
+        updated=str(data.get("gmtUpdated") or data.get("gmtModified") or ""),
+        note=str(note) if note is not None else None,
+    )
 
 
 def _email_type(value: Any) -> Literal["batch", "trigger"]:
@@ -385,6 +419,79 @@ class SendCloudClient:
             ) from None
         self.call("webhook/add", {"url": url, "categoryName": category, "event": codes})
 
+    # -- templates (reference §7): review states follow ``templateStat``
+
+    def template_get(self, invoke_name: str) -> TemplateInfo:
+        info = self.call("template/get", {"invokeName": invoke_name})
+        data = info.get("data") if isinstance(info, dict) else None
+        return _template_from_api(data if isinstance(data, dict) else {"invokeName": invoke_name})
+
+    def template_list(
+        self, *, template_type: Literal["batch", "trigger"] | None = None
+    ) -> list[TemplateInfo]:
+        code = TEMPLATE_TYPES[template_type] if template_type else None
+        info = self.call("template/list", {"templateType": code, "start": 0, "limit": 100})
+        return [_template_from_api(item) for item in _data_list(info)]
+
+    def template_add(
+        self,
+        invoke_name: str,
+        *,
+        name: str,
+        subject: str,
+        html: str,
+        text: str | None = None,
+        template_type: Literal["batch", "trigger"] = "batch",
+        submit: bool = True,
+    ) -> TemplateInfo:
+        """Create a template; ``submit`` asks for review at once (``isSubmitAudit=1``)."""
+        info = self.call(
+            "template/add",
+            {
+                "invokeName": invoke_name,
+                "name": name,
+                "subject": subject,
+                "html": html,
+                "text": text or None,
+                "templateType": TEMPLATE_TYPES[template_type],
+                "isSubmitAudit": 1 if submit else 0,
+            },
+        )
+        data = info.get("data") if isinstance(info, dict) else None
+        return _template_from_api(data if isinstance(data, dict) else {"invokeName": invoke_name})
+
+    def template_update(
+        self,
+        invoke_name: str,
+        *,
+        name: str,
+        subject: str,
+        html: str,
+        text: str | None = None,
+        template_type: Literal["batch", "trigger"] = "batch",
+        submit: bool = True,
+    ) -> None:
+        """Replace a template's content (refused by SendCloud while it is pending review)."""
+        self.call(
+            "template/update",
+            {
+                "invokeName": invoke_name,
+                "name": name,
+                "subject": subject,
+                "html": html,
+                "text": text or None,
+                "templateType": TEMPLATE_TYPES[template_type],
+                "isSubmitAudit": 1 if submit else 0,
+            },
+        )
+
+    def template_submit(self, invoke_name: str, *, cancel: bool = False) -> None:
+        """Submit a template for review, or withdraw a pending submission (``cancel``)."""
+        self.call("template/submit", {"invokeName": invoke_name, "cancel": 1 if cancel else 0})
+
+    def template_delete(self, invoke_name: str) -> None:
+        self.call("template/delete", {"invokeName": invoke_name})
+
     def close(self) -> None:
         if self._owns_session:
             self._session.close()
@@ -439,6 +546,12 @@ def build_send_params(batch: BatchMessage) -> dict[str, Any]:
         "respEmailId": True,
         "labelName": batch.label or None,
     }
+    if batch.template_name:
+        # mail/sendtemplate: the approved template supplies the content; recipients and their
+        # values still travel in xsmtpapi (it has no broadcast mode), the subject may override.
+        params["templateInvokeName"] = batch.template_name
+        params["subject"] = batch.subject or None
+        del params["html"], params["plain"]
     if batch.headers:
         params["headers"] = json.dumps(dict(batch.headers), ensure_ascii=False)
     return params
@@ -466,7 +579,8 @@ class SendCloudProvider:
 
     def send_batch(self, batch: BatchMessage) -> list[SendResult]:
         params = build_send_params(batch)
-        info = self.client.call("mail/send", params)
+        endpoint = "mail/sendtemplate" if batch.template_name else "mail/send"
+        info = self.client.call(endpoint, params)
         ids = [str(item) for item in (info.get("emailIdList") or [])] if isinstance(info, dict) else []
         return _results(batch, ids)
 
@@ -653,6 +767,7 @@ __all__ = [
     "DomainInfo",
     "SendCloudClient",
     "SendCloudProvider",
+    "TemplateInfo",
     "account_info_from_userinfo",
     "build_send_params",
     "parse_webhook",

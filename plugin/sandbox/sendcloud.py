@@ -19,6 +19,13 @@ Choices where the real behaviour is not documented (reference §17/§18), made o
 * ``domain/add`` of a domain the account already has → 41015 domain创建失败 with a detail suffix;
   ``apiuser/add`` of an existing name → 41119 apiUser创建失败.
 * ``templateInvokeName`` missing on ``mail/sendtemplate`` → 40201.
+* Templates: ``invokeName`` is 1-64 of ``A-Za-z0-9_-.`` (40202 otherwise); at most
+  ``max_templates`` (default 50, code 40219); ``template/update`` with changed content leaves
+  the template ``-2`` (not submitted) unless ``isSubmitAudit`` is 1 (the default, as in the
+  Swagger file), which makes it ``0`` (pending); withdrawing an approved template → 40227.
+  Nobody reviews in the sandbox: ``review_template()`` (Python) or ``template_auto_review``
+  decides.  The real API documents no rejection reason; the simulator adds ``auditReason`` to a
+  rejected template's ``template/get`` data so the UI path that shows one can be exercised.
 * Idempotency keys are remembered only for requests that were accepted; a refused request does
   not consume its key.
 """
@@ -84,6 +91,22 @@ MESSAGES: dict[int, str] = {
     40005: "认证失败",
     40106: "标签ID对应的标签不存在",
     40201: "模版调用名称invokeName不能为空",
+    40202: "模版调用名称invokeName格式错误",
+    40203: "模版类型不能为空",
+    40204: "非法的模板类型, 只能是0或者1",
+    40207: "name不能为空",
+    40209: "subject不能为空",
+    40211: "html不能为空",
+    40216: "模板调用名称对应的模板不存在",
+    40219: "用户最多只能有50个模板",
+    40220: "模版调用名称已经存在",
+    40222: "isSubmitAudit格式错误",
+    40223: "模板处于待审核状态, 不能修改",
+    40225: "cancel格式错误",
+    40226: "模板处于待审核状态, 无需再次提交",
+    40227: "模板已经审核通过, 无需再次提交",
+    40228: "模板处于审核失败状态, 无需撤销审核",
+    40229: "模板还未提交审核, 无法撤销审核",
     40257: "发信人地址from最大128个字符",
     40703: "事件类型不能为空",
     40704: "事件类型格式错误,没有可用的事件类型",
@@ -158,6 +181,7 @@ _DOMAIN = re.compile(r"(?=.{1,250}$)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-
 _APIUSER_NAME = re.compile(r"[A-Za-z0-9_]{6,32}")
 _FROM_WITH_NAME = re.compile(r"\s*(.*?)\s*<\s*([^<>]+?)\s*>\s*")
 _PLACEHOLDER = re.compile(r"%[^%\s]+%")
+_INVOKE_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 _ALNUM = string.ascii_letters + string.digits
 
 
@@ -333,6 +357,8 @@ class _Template:
     template_type: int
     template_stat: int
     created: str
+    updated: str = ""
+    note: str | None = None
 
 
 @dataclasses.dataclass
@@ -431,6 +457,11 @@ class SendCloudSimulator:
         #: Called with (domain, {purpose: (type, host, value)}) after ``domain/add`` (the sandbox
         #: command uses it to publish the records in the sandbox DNS when asked to).
         self.on_domain_added: Callable[[str, dict[str, tuple[str, str, str]]], None] | None = None
+        #: Most templates an account may hold (the docs say 1000 in prose, 50 in code 40219).
+        self.max_templates = 50
+        #: ``"approve"``/``"reject"``: decide every submitted template at once; ``None``: wait
+        #: for :meth:`review_template`.
+        self.template_auto_review: Literal["approve", "reject"] | None = None
         self._random = random.Random(seed)
         self._lock = threading.RLock()
         self._accounts: list[_Account] = []
@@ -554,6 +585,22 @@ class SendCloudSimulator:
                 template_stat=template_stat,
                 created=_now_beijing(),
             )
+
+    def review_template(
+        self, api_user: str, invoke_name: str, *, approve: bool, note: str | None = None
+    ) -> None:
+        """Decide a template's review as SendCloud's staff would (1 approved, -1 rejected)."""
+        with self._lock:
+            tpl = self._users[api_user].account.templates[invoke_name]
+            tpl.template_stat = 1 if approve else -1
+            tpl.note = None if approve else (note or "内容不符合规范")
+            tpl.updated = _now_beijing()
+
+    def template(self, api_user: str, invoke_name: str) -> dict[str, Any] | None:
+        """A template of the account behind ``api_user`` as ``template/get`` shows it."""
+        with self._lock:
+            tpl = self._users[api_user].account.templates.get(invoke_name)
+            return self._template_json(tpl, full=True) if tpl else None
 
     def add_label(self, api_user: str, name: str) -> int:
         with self._lock:
@@ -965,6 +1012,12 @@ class SendCloudSimulator:
         "webhook/list": "_h_webhook_list",
         "webhook/add": "_h_webhook_add",
         "webhook/delete": "_h_webhook_delete",
+        "template/list": "_h_template_list",
+        "template/get": "_h_template_get",
+        "template/add": "_h_template_add",
+        "template/update": "_h_template_update",
+        "template/submit": "_h_template_submit",
+        "template/delete": "_h_template_delete",
     }
 
     def _dispatch(self, endpoint: str) -> Response:
@@ -1480,6 +1533,157 @@ class SendCloudSimulator:
             data.pop("domainName")
             data.update({"nameKey": key, "domain": domain})
         return {"data": data, "total": 1}, 200
+
+    # ------------------------------------------------------------------ handlers: templates
+
+    @staticmethod
+    def _template_json(tpl: _Template, *, full: bool = False) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "name": tpl.name,
+            "invokeName": tpl.invoke_name,
+            "templateType": tpl.template_type,
+            "templateStat": tpl.template_stat,
+            "gmtCreated": tpl.created,
+            "gmtUpdated": tpl.updated,
+        }
+        if full:
+            data.update({"html": tpl.html, "subject": tpl.subject, "text": tpl.plain, "contentSummary": ""})
+            if tpl.template_stat == -1 and tpl.note:
+                data["auditReason"] = tpl.note
+        return data
+
+    def _template_of(self, user: _ApiUser, p: MultiDict[str, str]) -> _Template:
+        invoke = p.get("invokeName", "").strip()
+        if not invoke:
+            raise SimError(40201)
+        tpl = user.account.templates.get(invoke)
+        if tpl is None:
+            raise SimError(40216)
+        return tpl
+
+    @staticmethod
+    def _flag(p: MultiDict[str, str], name: str, default: int, code: int) -> int:
+        raw = p.get(name, "").strip()
+        if not raw:
+            return default
+        if raw not in {"0", "1"}:
+            raise SimError(code)
+        return int(raw)
+
+    def _after_submit(self, tpl: _Template) -> None:
+        if tpl.template_stat == 0 and self.template_auto_review is not None:
+            tpl.template_stat = 1 if self.template_auto_review == "approve" else -1
+            tpl.note = None if tpl.template_stat == 1 else "内容不符合规范"
+
+    def _h_template_list(self, user: _ApiUser, p: MultiDict[str, str]) -> tuple[Any, int]:
+        invoke = p.get("invokeName", "").strip()
+        ttype = p.get("templateType", "").strip()
+        if ttype and ttype not in {"0", "1"}:
+            raise SimError(40204)
+        start = p.get("start", "0").strip() or "0"
+        limit = p.get("limit", "100").strip() or "100"
+        if not start.isdigit():
+            raise SimError(40002)
+        if not limit.isdigit() or not 1 <= int(limit) <= 100:
+            raise SimError(40004)
+        with self._lock:
+            items = [
+                self._template_json(t)
+                for t in user.account.templates.values()
+                if (not invoke or t.invoke_name == invoke) and (not ttype or t.template_type == int(ttype))
+            ]
+        page = items[int(start) : int(start) + int(limit)]
+        return {"dataList": page, "total": len(items), "count": len(page)}, 200
+
+    def _h_template_get(self, user: _ApiUser, p: MultiDict[str, str]) -> tuple[Any, int]:
+        with self._lock:
+            return {"data": self._template_json(self._template_of(user, p), full=True)}, 200
+
+    def _h_template_add(self, user: _ApiUser, p: MultiDict[str, str]) -> tuple[Any, int]:
+        invoke = p.get("invokeName", "").strip()
+        if not invoke:
+            raise SimError(40201)
+        if not _INVOKE_NAME.fullmatch(invoke):
+            raise SimError(40202)
+        for field, code in (("name", 40207), ("subject", 40209), ("html", 40211)):
+            if not p.get(field, "").strip():
+                raise SimError(code)
+        ttype = p.get("templateType", "").strip()
+        if not ttype:
+            raise SimError(40203)
+        if ttype not in {"0", "1"}:
+            raise SimError(40204)
+        submit = self._flag(p, "isSubmitAudit", 0, 40222)
+        with self._lock:
+            templates = user.account.templates
+            if invoke in templates:
+                raise SimError(40220)
+            if len(templates) >= self.max_templates:
+                raise SimError(40219)
+            tpl = _Template(
+                invoke_name=invoke,
+                name=p["name"].strip(),
+                subject=p["subject"],
+                html=p["html"],
+                plain=p.get("text", ""),
+                template_type=int(ttype),
+                template_stat=0 if submit else -2,
+                created=_now_beijing(),
+            )
+            self._after_submit(tpl)
+            templates[invoke] = tpl
+            return {"data": self._template_json(tpl)}, 200
+
+    def _h_template_update(self, user: _ApiUser, p: MultiDict[str, str]) -> tuple[Any, int]:
+        ttype = p.get("templateType", "").strip()
+        if ttype and ttype not in {"0", "1"}:
+            raise SimError(40204)
+        submit = self._flag(p, "isSubmitAudit", 1, 40222)
+        with self._lock:
+            tpl = self._template_of(user, p)
+            if tpl.template_stat == 0:
+                raise SimError(40223)
+            pairs = (("name", "name"), ("subject", "subject"), ("html", "html"), ("text", "plain"))
+            for field, attr in pairs:
+                if p.get(field, "").strip():
+                    setattr(tpl, attr, p[field] if field != "name" else p[field].strip())
+            if ttype:
+                tpl.template_type = int(ttype)
+            tpl.template_stat = 0 if submit else -2
+            tpl.note = None
+            tpl.updated = _now_beijing()
+            self._after_submit(tpl)
+        return {"count": 1}, 200
+
+    def _h_template_submit(self, user: _ApiUser, p: MultiDict[str, str]) -> tuple[Any, int]:
+        cancel = self._flag(p, "cancel", 0, 40225)
+        with self._lock:
+            tpl = self._template_of(user, p)
+            stat = tpl.template_stat
+            if cancel:
+                if stat == -1:
+                    raise SimError(40228)
+                if stat == -2:
+                    raise SimError(40229)
+                if stat == 1:
+                    raise SimError(40227)
+                tpl.template_stat = -2
+            else:
+                if stat == 0:
+                    raise SimError(40226)
+                if stat == 1:
+                    raise SimError(40227)
+                tpl.template_stat = 0
+                tpl.note = None
+                self._after_submit(tpl)
+            tpl.updated = _now_beijing()
+        return {}, 200
+
+    def _h_template_delete(self, user: _ApiUser, p: MultiDict[str, str]) -> tuple[Any, int]:
+        with self._lock:
+            tpl = self._template_of(user, p)
+            del user.account.templates[tpl.invoke_name]
+        return {"count": 1}, 200
 
     # ------------------------------------------------------------------ handlers: webhooks
 
