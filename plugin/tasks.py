@@ -1,0 +1,360 @@
+"""Where campaigns run: in threads of this process, or in Celery workers.
+
+Both backends call the same ``runner.run_campaign``, so what is sent, claimed and recorded does not
+depend on the backend; they only differ in *where* the loop runs.
+
+``threads`` (default, used by the demo): a small pool in the process that runs the scheduler.  One
+thread per campaign at most in a process; each job pushes its own app context and so gets its own
+scoped SQLAlchemy session, removed when the job ends.
+
+``celery``: ``submit`` sends the task ``marketing.run_campaign`` to the Redis broker
+(``MARKETING_CELERY_BROKER_URL``, queue ``MARKETING_CELERY_QUEUE``, default ``marketing``).  The
+worker needs the host's Flask app; two ways to start one:
+
+* ``flask --app yourapp marketing worker`` (the app is already built; the simplest), or
+* ``MARKETING_CELERY_APP_FACTORY=plugin.demo.app:create_app celery -A plugin.tasks worker``: the
+  factory (``module:callable``) is called once per worker process.
+
+On PostgreSQL several workers may run one campaign together (``submit(..., parallel=n)``): the
+runner claims batches with ``FOR UPDATE SKIP LOCKED``, so they never share a recipient.
+
+Liveness: while a campaign runs, a heartbeat thread renews the lease ``marketing:run:<id>``
+(see ``leases``); the scheduler resubmits a ``running`` campaign only when that lease has expired,
+which is what a crashed or stopped worker looks like.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+from flask import Flask
+
+from . import leases
+
+log = logging.getLogger(__name__)
+
+#: Seconds between heartbeats of a running campaign, and how long one stays valid.
+HEARTBEAT_SECONDS = 5.0
+HEARTBEAT_TTL = 30.0
+#: How long a campaign handed to the broker counts as alive before any worker picked it up.
+QUEUED_TTL = 120.0
+
+
+def run_lease_name(campaign_id: int) -> str:
+    return f"marketing:run:{campaign_id}"
+
+
+def worker_identity(kind: str) -> str:
+    """``host:pid:kind:random``: unique per process start, readable in the leases table."""
+    return f"{socket.gethostname()}:{os.getpid()}:{kind}:{uuid.uuid4().hex[:6]}"
+
+
+class Executor(Protocol):
+    def submit(self, campaign_id: int) -> bool:
+        """Start running ``campaign_id``; False when it is already running here or we shut down."""
+
+    def active(self, campaign_id: int) -> bool:
+        """Whether some worker is (or is about to be) working on ``campaign_id``."""
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop taking work and ask running campaigns to stop after their current batch."""
+
+
+class Heartbeat:
+    """Renews the run leases of the campaigns a process is working on, from a thread of its own.
+
+    A separate thread (and connection) so the beat never waits on the runner's transaction, and
+    stops exactly when the process dies, which is the point.
+    """
+
+    def __init__(self, engine: Any, holder: str, *, interval: float = HEARTBEAT_SECONDS) -> None:
+        self.engine = engine
+        self.holder = holder
+        self.interval = interval
+        self.ttl = max(HEARTBEAT_TTL, 3 * interval)
+        self._ids: dict[int, int] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, campaign_id: int) -> None:
+        with self._lock:
+            self._ids[campaign_id] = self._ids.get(campaign_id, 0) + 1
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="marketing-heartbeat", daemon=True)
+                self._thread.start()
+        self._beat([campaign_id])
+
+    def remove(self, campaign_id: int) -> None:
+        with self._lock:
+            left = self._ids.get(campaign_id, 0) - 1
+            if left > 0:
+                self._ids[campaign_id] = left
+                return
+            self._ids.pop(campaign_id, None)
+        try:
+            leases.release(self.engine, run_lease_name(campaign_id), self.holder)
+        except Exception:  # the lease simply expires
+            log.exception("could not release the run lease of campaign %s", campaign_id)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.interval + 1)
+
+    def _beat(self, ids: list[int]) -> None:
+        try:
+            leases.touch(self.engine, [run_lease_name(i) for i in ids], self.holder, self.ttl)
+        except Exception:
+            log.exception("heartbeat failed")
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            with self._lock:
+                ids = list(self._ids)
+            if ids:
+                self._beat(ids)
+
+
+def run_in_app(app: Flask, campaign_id: int, *, worker_id: str, should_stop: Callable[[], bool]) -> str:
+    """Run one campaign to its next stop inside a fresh app context and session (both backends)."""
+    from .campaigns import runner
+    from .extension import get_state
+
+    with app.app_context():
+        state = get_state()
+        session = state.session
+        try:
+            ctx = dataclasses.replace(runner.context_from_app(app), worker_id=worker_id)
+            return runner.run_campaign(session, campaign_id, ctx, should_stop=should_stop)
+        except Exception:
+            session.rollback()
+            log.exception("campaign %s: the run stopped on an error", campaign_id)
+            return "error"
+        finally:
+            session.remove() if hasattr(session, "remove") else session.close()
+
+
+class ThreadExecutor:
+    """``threads`` backend: at most one thread per campaign in this process."""
+
+    def __init__(self, app: Flask, *, max_workers: int = 4) -> None:
+        from .extension import get_state
+
+        self.app = app
+        self.worker_id = worker_identity("threads")
+        with app.app_context():
+            engine = get_state().db.engine
+        self.heartbeat = Heartbeat(engine, self.worker_id)
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="marketing-run")
+        self._running: set[int] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.results: dict[int, str] = {}
+
+    def submit(self, campaign_id: int) -> bool:
+        with self._lock:
+            if self._stop.is_set() or campaign_id in self._running:
+                return False
+            self._running.add(campaign_id)
+        self.heartbeat.add(campaign_id)
+        try:
+            self._pool.submit(self._run, campaign_id)
+        except RuntimeError:  # pool shut down meanwhile
+            self._finish(campaign_id)
+            return False
+        return True
+
+    def active(self, campaign_id: int) -> bool:
+        with self._lock:
+            if campaign_id in self._running:
+                return True
+        return bool(leases.alive(self.heartbeat.engine, [run_lease_name(campaign_id)]))
+
+    def running_here(self) -> set[int]:
+        with self._lock:
+            return set(self._running)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no campaign runs here (tests, benchmarks, the ``send`` command)."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.running_here():
+                return True
+            time.sleep(0.02)
+        return not self.running_here()
+
+    def shutdown(self, wait: bool = True) -> None:
+        self._stop.set()
+        self._pool.shutdown(wait=wait, cancel_futures=True)
+        if wait:
+            self.heartbeat.stop()
+
+    def _run(self, campaign_id: int) -> None:
+        try:
+            self.results[campaign_id] = run_in_app(
+                self.app, campaign_id, worker_id=self.worker_id, should_stop=self._stop.is_set
+            )
+        finally:
+            self._finish(campaign_id)
+
+    def _finish(self, campaign_id: int) -> None:
+        self.heartbeat.remove(campaign_id)
+        with self._lock:
+            self._running.discard(campaign_id)
+
+
+# --------------------------------------------------------------------------------------- celery
+
+
+def celery_queue(app: Flask) -> str:
+    return str(app.config.get("MARKETING_CELERY_QUEUE") or "marketing")
+
+
+def make_celery(app: Flask | None = None, *, app_factory: Callable[[], Flask] | None = None) -> Any:
+    """A Celery app with the task ``marketing.run_campaign``.
+
+    With ``app`` (the ``flask marketing worker`` command and the sending side) the task runs in that
+    Flask app; with ``app_factory`` the worker builds the app on its first task.
+    """
+    from celery import Celery
+
+    if app is None and app_factory is None:
+        raise ValueError("make_celery needs the Flask app or a factory")
+    if app is not None:
+        from .extension import get_state
+
+        with app.app_context():
+            broker = get_state().settings.celery_broker_url
+        queue = celery_queue(app)
+    else:
+        broker = os.environ.get("MARKETING_CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
+        queue = os.environ.get("MARKETING_CELERY_QUEUE", "marketing")
+    celery = Celery("marketing", broker=broker, set_as_current=False)
+    celery.conf.update(
+        task_default_queue=queue,
+        task_ignore_result=True,
+        # A task is acknowledged after it ran: a worker killed mid-campaign leaves the message to
+        # another worker, and the runner's claims make the repeat safe.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+    )
+    from celery.signals import worker_shutting_down
+
+    stopping = threading.Event()
+    # A warm shutdown (SIGTERM) lets the running batch finish, then the loop returns; the
+    # campaign stays ``running`` and the scheduler hands it to a live worker when the lease ends.
+    worker_shutting_down.connect(lambda **_: stopping.set(), weak=False)
+    holder: dict[str, Any] = {"app": app, "heartbeat": None}
+    holder_lock = threading.Lock()
+
+    def flask_app() -> tuple[Flask, Heartbeat]:
+        with holder_lock:
+            if holder["app"] is None:
+                holder["app"] = app_factory()  # type: ignore[misc]
+            if holder["heartbeat"] is None:
+                from .extension import get_state
+
+                with holder["app"].app_context():
+                    engine = get_state().db.engine
+                holder["heartbeat"] = Heartbeat(engine, worker_identity("celery"))
+            return holder["app"], holder["heartbeat"]
+
+    @celery.task(name="marketing.run_campaign", bind=True)
+    def run_campaign_task(self: Any, campaign_id: int) -> str:
+        flask, beat = flask_app()
+        beat.add(campaign_id)
+        try:
+            return run_in_app(flask, int(campaign_id), worker_id=beat.holder, should_stop=stopping.is_set)
+        finally:
+            beat.remove(campaign_id)
+
+    celery.marketing_run_campaign = run_campaign_task  # type: ignore[attr-defined]
+    return celery
+
+
+class CeleryExecutor:
+    """``celery`` backend: hand the campaign to the broker; workers anywhere run it."""
+
+    def __init__(self, app: Flask) -> None:
+        from .extension import get_state
+
+        self.app = app
+        self.celery = make_celery(app)
+        self.holder = worker_identity("queued")
+        with app.app_context():
+            self.engine = get_state().db.engine
+        self._closed = False
+
+    def submit(self, campaign_id: int, *, parallel: int = 1) -> bool:
+        """Queue ``parallel`` tasks for the campaign (several workers share it on PostgreSQL)."""
+        if self._closed:
+            return False
+        # Counts as alive while it waits in the queue, so the next tick does not queue it again.
+        leases.touch(self.engine, [run_lease_name(campaign_id)], self.holder, QUEUED_TTL)
+        for _ in range(max(1, parallel)):
+            self.celery.send_task("marketing.run_campaign", args=[campaign_id], queue=celery_queue(self.app))
+        return True
+
+    def active(self, campaign_id: int) -> bool:
+        return bool(leases.alive(self.engine, [run_lease_name(campaign_id)]))
+
+    def shutdown(self, wait: bool = True) -> None:
+        self._closed = True
+
+
+def get_executor(app: Flask) -> Executor:
+    """The app's executor (one per app, created on first use, by ``execution_backend``)."""
+    from .extension import get_state
+
+    executor = app.extensions.get("marketing_executor")
+    if executor is None:
+        with app.app_context():
+            backend = get_state().settings.execution_backend
+        executor = CeleryExecutor(app) if backend == "celery" else ThreadExecutor(app)
+        app.extensions["marketing_executor"] = executor
+    return executor
+
+
+def shutdown_executor(app: Flask, wait: bool = True) -> None:
+    executor = app.extensions.pop("marketing_executor", None)
+    if executor is not None:
+        executor.shutdown(wait=wait)
+
+
+def _factory_from_env() -> Callable[[], Flask]:
+    spec = os.environ.get("MARKETING_CELERY_APP_FACTORY")
+    if not spec or ":" not in spec:
+        raise RuntimeError(
+            "set MARKETING_CELERY_APP_FACTORY=module:factory (e.g. plugin.demo.app:create_app) "
+            "or start workers with `flask marketing worker`"
+        )
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+_env_celery: Any = None
+
+
+def __getattr__(name: str) -> Any:
+    """``celery -A plugin.tasks worker`` finds ``plugin.tasks.celery``, built from the environment."""
+    global _env_celery
+    if name == "celery":
+        if _env_celery is None:
+            _env_celery = make_celery(app_factory=_factory_from_env())
+        return _env_celery
+    raise AttributeError(name)
