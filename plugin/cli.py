@@ -1,4 +1,4 @@
-"""``flask marketing ...``: database migrations, API tokens, contact import."""
+"""``flask marketing ...``: database migrations, API tokens, contact import, scheduler, workers, send."""
 
 from __future__ import annotations
 
@@ -56,6 +56,48 @@ def create_token(user_id: str, name: str, workspace: str) -> None:
     token = issue_token(state.session, workspace_id=ws.id, user_id=user_id, name=name)
     state.session.commit()
     click.echo(token)
+
+
+@cli_group.command("sync-quota")
+@click.option("--workspace", default=None, help="organization key (default: every workspace)")
+def sync_quota(workspace: str | None) -> None:
+    """Fetch balance and quota of the sending accounts now and reconcile today's ledgers.
+
+    The scheduler does this every MARKETING_QUOTA_SYNC_MINUTES; this is for cron-less setups and
+    for checking an account by hand. Exits with 1 when an account could not be synced.
+    """
+    from flask import current_app
+    from sqlalchemy import select
+
+    from . import quota_sync
+    from .channels import provider_factory
+    from .models import ProviderAccount
+
+    state = get_state()
+    factory = provider_factory(current_app.extensions, secrets=state.secrets, settings=state.settings)
+    if workspace is not None:
+        ws = ensure_workspace(state.session, workspace)
+        state.session.commit()
+        workspace_ids = [ws.id]
+    else:
+        workspace_ids = sorted(set(state.session.scalars(select(ProviderAccount.workspace_id)).all()))
+    failed = 0
+    total = 0
+    for workspace_id in workspace_ids:
+        for outcome in quota_sync.sync_workspace(state.session, workspace_id, factory=factory):
+            total += 1
+            snap = outcome.snapshot
+            if snap is None:
+                failed += 1
+                click.echo(f"{outcome.account_name}: FAILED {outcome.error}", err=True)
+            else:
+                click.echo(
+                    f"{outcome.account_name}: balance {snap.balance}, available {snap.available_balance}, "
+                    f"quota {snap.daily_quota}, used today {snap.used_today}"
+                )
+    click.echo(f"synced {total - failed} of {total} accounts")
+    if failed:
+        raise SystemExit(1)
 
 
 @cli_group.command("import")
@@ -366,3 +408,122 @@ def setup(
         f"[6/6] done          balance {snapshot.balance}, today's quota {snapshot.daily_quota} "
         f"(used {snapshot.used_today})"
     )
+
+
+# ----------------------------------------------------------------------- scheduler and workers
+
+
+@cli_group.command("scheduler")
+@click.option(
+    "--tick", "tick_seconds", type=float, default=None, help="seconds between ticks (default: setting)"
+)
+def scheduler_command(tick_seconds: float | None) -> None:
+    """Run the campaign scheduler in the foreground until Ctrl-C or SIGTERM.
+
+    Run it in exactly one place per deployment; a second one waits idle (database lease) and
+    takes over when the first stops.
+    """
+    import signal
+    import threading
+
+    from flask import current_app
+
+    from .scheduler import Scheduler
+
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    scheduler = Scheduler(app, tick_seconds=tick_seconds)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    scheduler.start()
+    click.echo(
+        f"scheduler {scheduler.holder}: tick every {scheduler.tick_seconds:g} s, "
+        f"backend {get_state().settings.execution_backend}; Ctrl-C to stop"
+    )
+    try:
+        while not done.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        click.echo("stopping (running batches finish first)")
+        scheduler.stop()
+
+
+@cli_group.command("worker")
+@click.option("--concurrency", "-c", default=4, show_default=True, help="campaigns run at once")
+@click.option("--pool", default="threads", show_default=True, help="celery pool: threads, solo or prefork")
+@click.option("--queue", "-Q", default=None, help="queue (default: MARKETING_CELERY_QUEUE or 'marketing')")
+@click.option("--loglevel", "-l", default="INFO", show_default=True)
+def worker_command(concurrency: int, pool: str, queue: str | None, loglevel: str) -> None:
+    """Run a Celery worker for this app (execution backend ``celery``; Redis broker)."""
+    import os
+
+    from flask import current_app
+
+    from .tasks import celery_queue, make_celery
+
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    celery = make_celery(app)
+    celery.worker_main(
+        [
+            "worker",
+            f"--concurrency={concurrency}",
+            f"--pool={pool}",
+            f"--queues={queue or celery_queue(app)}",
+            f"--loglevel={loglevel}",
+            f"--hostname=marketing-{os.getpid()}@%h",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
+
+
+@cli_group.command("send")
+@click.argument("campaign_id", type=int)
+def send_command(campaign_id: int) -> None:
+    """Start CAMPAIGN_ID if it is not running yet and run it here until it completes or pauses."""
+    import signal
+    import threading
+
+    from flask import current_app
+    from sqlalchemy import select
+
+    from .campaigns import lifecycle, runner
+    from .errors import InvalidTransition
+    from .models import Campaign
+    from .tasks import Heartbeat, run_in_app, worker_identity
+
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    state = get_state()
+    session = state.session
+    status = session.execute(select(Campaign.status).where(Campaign.id == campaign_id)).scalar()
+    if status is None:
+        raise click.ClickException(f"no campaign {campaign_id}")
+    if status in (lifecycle.DRAFT, lifecycle.SCHEDULED, lifecycle.MISSED, lifecycle.AWAITING_APPROVAL):
+        try:
+            runner.start(session, campaign_id, runner.context_from_app(app))
+        except InvalidTransition as exc:
+            session.rollback()
+            raise click.ClickException(str(exc)) from exc
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    worker = worker_identity("cli")
+    beat = Heartbeat(state.db.engine, worker)
+    beat.add(campaign_id)
+    try:
+        result = run_in_app(app, campaign_id, worker_id=worker, should_stop=stop.is_set)
+    except KeyboardInterrupt:
+        stop.set()
+        result = "interrupted"
+    finally:
+        beat.remove(campaign_id)
+        beat.stop()
+    session.expire_all()
+    campaign = session.get(Campaign, campaign_id)
+    click.echo(
+        f"campaign {campaign_id}: {result}; status {campaign.status}"
+        + (f" ({campaign.pause_reason})" if campaign.pause_reason else "")
+        + f"; sent {campaign.sent} of {campaign.total}, failed {campaign.failed}, skipped {campaign.skipped}"
+    )
+    if result == "error":
+        raise SystemExit(1)
