@@ -9,6 +9,7 @@ from flask import Flask
 
 from .. import migrate
 from ..sandbox import SmtpSink
+from ..scheduler import start_scheduler_if_enabled
 from .app import create_app, stop_sendcloud_sandbox
 from .models import db
 from .seed import DEMO_USERS, seed_demo
@@ -36,6 +37,8 @@ def main() -> None:
         {
             "MARKETING_PUBLIC_BASE_URL": f"http://{args.host}:{args.port}",
             "MARKETING_SANDBOX": not args.no_sandbox,
+            # The demo server is the one process that schedules: timed campaigns start by themselves.
+            "MARKETING_SCHEDULER_ENABLED": True,
         }
     )
     with app.app_context():
@@ -44,6 +47,7 @@ def main() -> None:
         if seed_demo(db.session, contacts=args.contacts):
             print(f"Seeded {args.contacts} demo contacts.")
     sink = start_sink(app, args.smtp_port)
+    scheduler = start_scheduler_if_enabled(app)
     url = f"http://{args.host}:{args.port}/"
     print("\n  Demo CRM with the marketing plugin")
     print(f"  Open {url}")
@@ -57,10 +61,14 @@ def main() -> None:
         login = f"{account['api_user']} / {account['api_key']}"
         print(f"  SendCloud simulator on {simulator.root}/ (account {login})")
         print(f"  Sandbox DNS on {dns.host}:{dns.port} (publish records from {url}marketing/setup/dns)")
+    if scheduler is not None:
+        print(f"  Scheduler: tick every {scheduler.tick_seconds:g} s, campaigns run in this process")
     print()
     try:
         app.run(host=args.host, port=args.port, debug=False, use_reloader=False, threaded=True)
     finally:
+        if scheduler is not None:
+            scheduler.stop()
         if sink is not None:
             sink.stop()
         stop_sendcloud_sandbox(app)
