@@ -1,0 +1,247 @@
+"""Quota sync against the SendCloud simulator over HTTP: snapshots, reconciliation of today's
+ledgers with ``todayUsedQuota`` (mail sent by other systems too), the trigger-share split, failures
+that keep the last good snapshot, the scheduler's ``sync_all``, history points and the CLI."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import random
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import func, select
+
+from plugin import allocation, quota, quota_sync
+from plugin.errors import ProviderError
+from plugin.models import AccountSnapshot, ProviderAccount, QuotaLedger, utcnow
+from plugin.providers.base import AccountInfo
+from plugin.sandbox.sendcloud import SendCloudSimulator, SimulatorServer
+from tests.quota_support import API_KEY, API_USER, bind_account, factory
+
+
+@pytest.fixture
+def simulator():
+    sim = SendCloudSimulator(check_webhook_urls=False, deliver_delay=0.01)
+    sim.add_account(API_USER, API_KEY, quota=1000, used=0, balance=Decimal("50"))
+    with SimulatorServer(sim) as server:
+        yield server
+
+
+@pytest.fixture
+def app_config(app_config, simulator):
+    app_config.update(MARKETING_SENDCLOUD_API_BASE=simulator.url, MARKETING_PROVIDER_TIMEOUT=5.0)
+    return app_config
+
+
+@pytest.fixture
+def account(session, workspace):
+    return bind_account(session, workspace.id)
+
+
+def ledger(session, account_id: int, channel: str = "batch", owner: str = "") -> QuotaLedger | None:
+    session.expire_all()
+    return session.scalar(
+        select(QuotaLedger).where(
+            QuotaLedger.account_id == account_id,
+            QuotaLedger.channel == channel,
+            QuotaLedger.owner == owner,
+            QuotaLedger.day == quota.provider_day(utcnow()),
+        )
+    )
+
+
+def left(row: QuotaLedger | None) -> int:
+    return 0 if row is None else max(0, row.limit - row.reserved - row.committed)
+
+
+def sync(session, workspace, account):
+    provider = factory(account, "batch")
+    try:
+        return quota_sync.sync_account(session, workspace.id, account, provider)
+    finally:
+        provider.close()
+
+
+def test_sync_stores_a_snapshot_and_counts_mail_sent_by_another_system(
+    session, workspace, account, simulator
+):
+    simulator.simulator.set_account(API_USER, used=250, available="42.5")
+    snapshot = sync(session, workspace, account)
+    assert (snapshot.daily_quota, snapshot.used_today) == (1000, 250)
+    assert Decimal(str(snapshot.balance)) == Decimal("50")
+    assert Decimal(str(snapshot.available_balance)) == Decimal("42.5")
+    row = ledger(session, account.id)
+    assert (row.limit, row.committed) == (1000, 250)
+
+    # We commit 100 ourselves; the provider counts them plus 50 more from another system.
+    grant = quota.reserve(session, row.id, 100)
+    quota.commit_reservation(session, grant.id, 100)
+    simulator.simulator.set_account(API_USER, used=400)
+    sync(session, workspace, account)
+    assert ledger(session, account.id).committed == 400
+    assert quota_sync.latest_snapshot(session, workspace.id).used_today == 400
+    assert session.scalar(select(func.count()).select_from(AccountSnapshot)) == 2
+
+
+def test_quota_change_at_the_provider_changes_the_limit(session, workspace, account, simulator):
+    sync(session, workspace, account)
+    simulator.simulator.set_account(API_USER, quota=3000)
+    sync(session, workspace, account)
+    assert ledger(session, account.id).limit == 3000
+
+
+def test_trigger_share_splits_the_days_quota(session, workspace, account, simulator):
+    allocation.set_share(session, workspace.id, percent=10)
+    session.commit()
+    sync(session, workspace, account)
+    batch, trigger = ledger(session, account.id), ledger(session, account.id, "trigger")
+    assert (batch.limit, trigger.limit) == (900, 100)
+
+    # 30 trigger mails of ours and 200 from another system: the provider counts 230.
+    grant = quota.reserve(session, trigger.id, 30)
+    quota.commit_reservation(session, grant.id, 30)
+    simulator.simulator.set_account(API_USER, used=230)
+    sync(session, workspace, account)
+    batch, trigger = ledger(session, account.id), ledger(session, account.id, "trigger")
+    assert batch.committed == 200  # not 230: our trigger mail is not counted twice
+    assert trigger.committed == 30
+    assert left(batch) + left(trigger) == 1000 - 230
+
+    # Another system eats past the batch part: what is left of the share shrinks too.
+    simulator.simulator.set_account(API_USER, used=950)
+    sync(session, workspace, account)
+    batch, trigger = ledger(session, account.id), ledger(session, account.id, "trigger")
+    assert left(batch) == 0
+    assert left(trigger) == 50
+    assert left(batch) + left(trigger) == 1000 - 950
+
+
+def test_absolute_share_and_its_removal(session, workspace, account, simulator):
+    allocation.set_share(session, workspace.id, daily_limit=250)
+    session.commit()
+    sync(session, workspace, account)
+    assert (ledger(session, account.id).limit, ledger(session, account.id, "trigger").limit) == (750, 250)
+    allocation.set_share(session, workspace.id, percent=0)
+    session.commit()
+    quota_sync.rebalance(session, workspace.id)
+    assert (ledger(session, account.id).limit, ledger(session, account.id, "trigger").limit) == (1000, 0)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_split_never_grants_more_than_the_provider_has_left(session, workspace, account, seed):
+    """Random shares, own commits and foreign use: the two ledgers' room never exceeds quota − used."""
+    rng = random.Random(seed)
+    quota_total = 1000
+    used = 0
+    for _step in range(25):
+        allocation.set_share(session, workspace.id, percent=rng.choice([0, 5, 10, 33.3, 50, 100]))
+        session.commit()
+        quota_sync.store(session, workspace.id, account, AccountInfo(None, None, quota_total, used))
+        batch, trigger = ledger(session, account.id), ledger(session, account.id, "trigger")
+        room = left(batch) + left(trigger)
+        assert room <= quota_total - used
+        # Our own sends (counted by the provider too) and some foreign mail.
+        for row in (batch, trigger):
+            if row is not None and left(row) and rng.random() < 0.6:
+                grant = quota.reserve(session, row.id, rng.randint(1, left(row)))
+                quota.commit_reservation(session, grant.id, grant.amount)
+                used += grant.amount
+        used = min(quota_total, used + rng.choice([0, 0, 3, 40]))
+    quota_sync.store(session, workspace.id, account, AccountInfo(None, None, quota_total, used))
+    assert (
+        left(ledger(session, account.id)) + left(ledger(session, account.id, "trigger")) <= quota_total - used
+    )
+
+
+def test_a_failed_sync_keeps_the_last_good_snapshot(session, workspace, account, simulator):
+    first = sync(session, workspace, account)
+    simulator.simulator.faults.fail_next = 1
+    with pytest.raises(ProviderError):
+        sync(session, workspace, account)
+    latest = quota_sync.latest_snapshot(session, workspace.id, account.id)
+    assert latest.id == first.id
+    outcomes = quota_sync.sync_workspace(session, workspace.id, factory=factory)
+    assert outcomes[0].snapshot is not None  # the fault was one request only
+    assert quota_sync.latest_snapshot(session, workspace.id).id != first.id
+
+
+def test_sync_all_logs_failures_without_secrets_and_goes_on(
+    session, workspace, other_workspace, account, simulator, caplog
+):
+    bind_account(session, other_workspace.id, api_key="Wrong-Key-Must-Never-Be-Logged", name="broken")
+    caplog.set_level(logging.WARNING, logger="plugin.quota_sync")
+    assert quota_sync.sync_all(session, factory=factory) == 1
+    assert quota_sync.latest_snapshot(session, workspace.id) is not None
+    assert quota_sync.latest_snapshot(session, other_workspace.id) is None
+    assert "quota sync of account" in caplog.text
+    assert "Wrong-Key-Must-Never-Be-Logged" not in caplog.text
+    assert API_KEY not in caplog.text
+
+
+def test_smtp_accounts_sync_from_their_configured_limit(session, workspace):
+    smtp = ProviderAccount(workspace_id=workspace.id, kind="smtp", name="mailbox", daily_limit=500)
+    session.add(smtp)
+    session.commit()
+    snapshot = quota_sync.sync_account(session, workspace.id, smtp, None)
+    assert (snapshot.daily_quota, snapshot.used_today, snapshot.balance) == (500, 0, None)
+    row = ledger(session, smtp.id)
+    grant = quota.reserve(session, row.id, 20)
+    quota.commit_reservation(session, grant.id, 20)
+    assert quota_sync.sync_account(session, workspace.id, smtp, None).used_today == 20
+    assert ledger(session, smtp.id).limit == 500
+
+
+def test_cap_edits_apply_to_todays_cap_ledger(session, workspace, account, simulator):
+    cap = allocation.add_cap(session, workspace.id, scope="user", subject="7", daily_limit=100)
+    session.commit()
+    sync(session, workspace, account)
+    cap_ledger = quota.ensure_ledger(
+        session, workspace.id, account.id, "batch", quota.provider_day(utcnow()), 100, owner="user:7"
+    )
+    allocation.update_cap(session, workspace.id, cap.id, scope="user", subject="7", daily_limit=40)
+    session.commit()
+    quota_sync.rebalance(session, workspace.id)
+    assert quota.ledger_totals(session, cap_ledger)[0] == 40
+
+
+def test_history_has_one_point_per_provider_day(session, workspace, account):
+    now = dt.datetime(2024, 5, 10, 6, 0, tzinfo=dt.UTC)  # 14:00 in Beijing
+    rows = [
+        (now - dt.timedelta(days=2), 900, Decimal("30")),
+        (now - dt.timedelta(days=1, hours=3), 100, Decimal("20")),
+        (now - dt.timedelta(days=1, hours=1), 400, Decimal("19.5")),
+        (now - dt.timedelta(days=1) + dt.timedelta(hours=17), 5, Decimal("19")),  # 07:00 next Beijing day
+        (now - dt.timedelta(days=40), 1, Decimal("99")),  # outside the window
+    ]
+    for fetched_at, used, balance in rows:
+        session.add(
+            AccountSnapshot(
+                workspace_id=workspace.id,
+                account_id=account.id,
+                balance=balance,
+                daily_quota=1000,
+                used_today=used,
+                fetched_at=fetched_at,
+            )
+        )
+    session.commit()
+    points = quota_sync.history(session, workspace.id, days=30, now=now)
+    assert [p.day.isoformat() for p in points] == ["2024-05-08", "2024-05-09", "2024-05-10"]
+    assert [p.used_today for p in points] == [900, 400, 5]
+    assert [p.balance for p in points] == [Decimal("30"), Decimal("19.5"), Decimal("19")]
+    assert points[0].as_dict()["balance"] == 30.0
+
+
+def test_cli_sync_quota(app, session, workspace, account, simulator):
+    simulator.simulator.set_account(API_USER, used=7)
+    result = app.test_cli_runner().invoke(args=["marketing", "sync-quota"])
+    assert result.exit_code == 0, result.output
+    assert "quota 1000, used today 7" in result.output
+    assert "synced 1 of 1 accounts" in result.output
+    assert quota_sync.latest_snapshot(session, workspace.id).used_today == 7
+
+    simulator.simulator.faults.fail_next = 1
+    result = app.test_cli_runner().invoke(args=["marketing", "sync-quota", "--workspace", "default"])
+    assert result.exit_code == 1
+    assert "FAILED" in result.output
