@@ -450,7 +450,7 @@ __all__ = [
 # answers *why* and *when to look again*, which is what the campaign shows while paused.
 
 #: Stand-in limit for SMTP accounts without a daily limit.
-UNLIMITED = 10**12
+UNLIMITED = 1_000_000_000
 #: When to look again after a balance or sync problem (the next scheduled sync will have run).
 RECHECK_AFTER = dt.timedelta(minutes=5)
 

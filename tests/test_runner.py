@@ -1,0 +1,398 @@
+"""The campaign runner against the SendCloud simulator over HTTP: every recipient exactly once,
+within quota, through provider faults, quota pauses and resumption, SMTP per-recipient records."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from decimal import Decimal
+
+import campaign_kit as kit
+import pytest
+from sqlalchemy import select
+
+from plugin import quota, suppression
+from plugin.campaigns import lifecycle, runner
+from plugin.errors import InvalidTransition
+from plugin.models import Campaign, CampaignRecipient, QuotaLedger, SendBatch
+from plugin.sandbox.sendcloud import SendCloudSimulator, SimulatorServer
+from plugin.sandbox.smtp_sink import SmtpSink
+
+
+@pytest.fixture(scope="module")
+def simulator():
+    sim = SendCloudSimulator(deliver_delay=3600, price_per_mail=Decimal("0.001"))
+    with SimulatorServer(sim) as server:
+        yield server
+
+
+@pytest.fixture
+def sim(simulator):
+    simulator.simulator.clear()
+    simulator.simulator.faults.update(
+        {
+            "error_rate": 0.0,
+            "fail_next": 0,
+            "timeout_after_accept": 0.0,
+            "throttle": False,
+            "quota_exhausted": False,
+        }
+    )
+    return simulator.simulator
+
+
+@pytest.fixture
+def app_config(app_config, simulator):
+    app_config["MARKETING_SENDCLOUD_API_BASE"] = simulator.url
+    app_config["MARKETING_PROVIDER_TIMEOUT"] = 2.0
+    app_config["MARKETING_MAX_CONSECUTIVE_FAILURES"] = 50
+    return app_config
+
+
+_users = iter(range(10_000))
+
+
+@pytest.fixture
+def setup(app, session, workspace, sim):
+    """A SendCloud account (fresh API_USER on the simulator), sender and template."""
+    user = f"run_{next(_users)}"
+    sim.add_account(user, kit.API_KEY, quota=10_000, balance=Decimal("1000"))
+    account = kit.sendcloud_account(session, workspace.id, api_user=user)
+    sender = kit.sender(session, workspace.id)
+    template = kit.template(session, workspace.id)
+    return {"account": account, "sender": sender, "template": template, "api_user": user}
+
+
+def _ctx(app, **kw):
+    return runner.context_from_app(app, backoff_base=0.01, **kw)
+
+
+def _sync(session, workspace_id, account, ctx):
+    from plugin import quota_sync
+
+    quota_sync.sync_account(session, workspace_id, account, ctx.provider(account, "batch"))
+
+
+def _mails_to(sim, api_user):
+    return [m for m in sim.mails() if m.api_user == api_user]
+
+
+def test_a_campaign_sends_each_included_recipient_once_with_its_own_values(
+    app, session, workspace, setup, sim
+):
+    kit.contacts(session, workspace.id, 250, tags=["vip"])
+    kit.contacts(session, workspace.id, 40, tags=["vip", "blocked"], start=1000)
+    kit.contacts(session, workspace.id, 30, tags=["other"], start=2000)
+    vip, blocked = kit.tag_id(session, workspace.id, "vip"), kit.tag_id(session, workspace.id, "blocked")
+    suppression.add(session, workspace.id, "user7@example.net", "unsubscribed", source="test")
+    session.commit()
+    c = kit.campaign(
+        session,
+        workspace.id,
+        include_tags=[vip],
+        exclude_tags=[blocked],
+        **{k: setup[k] for k in ("account", "template", "sender")},
+    )
+    ctx = _ctx(app)
+    runner.start(session, c.id, ctx)
+    assert runner.run_campaign(session, c.id, ctx) == runner.DONE
+
+    mails = _mails_to(sim, setup["api_user"])
+    counts = Counter(m.recipient for m in mails)
+    assert len(counts) == 249
+    assert set(counts.values()) == {1}
+    assert "user7@example.net" not in counts
+    assert all(r.endswith("@example.net") and int(r[4:].split("@")[0]) < 250 for r in counts)
+    one = next(m for m in mails if m.recipient == "user42@example.net")
+    assert one.subject == "Hello Name42"
+    assert "Dear Name42, your mail is user42@example.net." in one.html
+    assert "1 Example Road, Shanghai" in one.html  # postal address footer
+    session.expire_all()
+    campaign = session.get(Campaign, c.id)
+    assert campaign.status == "completed"
+    assert campaign.sent == 249
+    assert kit.recipient_statuses(session, c.id) == {"accepted": 249, "skipped": 1}  # the suppressed one
+    assert all(
+        m is not None
+        for m in session.scalars(
+            select(CampaignRecipient.provider_message_id).where(
+                CampaignRecipient.campaign_id == c.id, CampaignRecipient.status == "accepted"
+            )
+        )
+    )
+    assert session.scalar(select(SendBatch.id).where(SendBatch.status != "sent")) is None
+
+
+def test_provider_faults_never_duplicate_or_lose_a_recipient(app, app_config, session, workspace, setup, sim):
+    kit.contacts(session, workspace.id, 1200, tags=["all"])
+    c = kit.campaign(
+        session,
+        workspace.id,
+        include_tags=[kit.tag_id(session, workspace.id, "all")],
+        **{k: setup[k] for k in ("account", "template", "sender")},
+    )
+    ctx = _ctx(app)
+    runner.start(session, c.id, ctx)
+    sim.faults.update({"error_rate": 0.3})
+    # 5 % timeouts after acceptance: emulate by alternating the fault between runs of batches
+    outcome = None
+    for round_ in range(400):
+        sim.faults.update(
+            {"timeout_after_accept": 3.0 if round_ % 20 == 7 else 0.0, "throttle": round_ % 25 == 3}
+        )
+        outcome = runner.run_batch(session, c.id, ctx)
+        if outcome == runner.DONE:
+            break
+        if outcome == runner.RETRY:
+            session.execute(Campaign.__table__.update().where(Campaign.id == c.id).values(retry_at=None))
+            session.commit()
+    assert outcome == runner.DONE
+    counts = Counter(m.recipient for m in _mails_to(sim, setup["api_user"]))
+    assert len(counts) == 1200
+    assert max(counts.values()) == 1, [r for r, n in counts.items() if n > 1][:5]
+    session.expire_all()
+    assert session.get(Campaign, c.id).sent == 1200
+
+
+def test_quota_pause_shows_a_reason_and_resumes_the_next_provider_day(app, session, workspace, setup, sim):
+    sim.set_account(setup["api_user"], quota=250, used=0)
+    kit.contacts(session, workspace.id, 400, tags=["all"])
+    c = kit.campaign(
+        session,
+        workspace.id,
+        include_tags=[kit.tag_id(session, workspace.id, "all")],
+        **{k: setup[k] for k in ("account", "template", "sender")},
+    )
+    day1 = dt.datetime(2026, 11, 23, 10, 0, tzinfo=dt.UTC)  # 18:00 in Beijing
+    clock = [day1]
+    ctx = _ctx(app, clock=lambda: clock[0])
+    runner.start(session, c.id, ctx)
+    assert runner.run_campaign(session, c.id, ctx) == runner.BLOCKED
+    session.expire_all()
+    campaign = session.get(Campaign, c.id)
+    assert campaign.status == "paused"
+    assert campaign.pause_reason == "quota"
+    assert campaign.retry_at == dt.datetime(2026, 11, 23, 16, 0, tzinfo=dt.UTC)  # 00:00 Beijing
+    assert "resumes automatically" in lifecycle.pause_reason_text(campaign.pause_reason)
+    assert len(_mails_to(sim, setup["api_user"])) == 250  # the whole quota, the last batch partial
+    # Not yet the next day: stays paused.
+    clock[0] = day1 + dt.timedelta(hours=5)
+    assert runner.resume_if_possible(session, c.id, ctx) is False
+    # The provider's day rolls over: sync, then it resumes and finishes without duplicates.
+    sim.roll_day()
+    clock[0] = day1 + dt.timedelta(hours=6, minutes=1)
+    _sync(session, workspace.id, setup["account"], ctx)
+    assert runner.resume_if_possible(session, c.id, ctx) is True
+    assert runner.run_campaign(session, c.id, ctx) == runner.DONE
+    counts = Counter(m.recipient for m in _mails_to(sim, setup["api_user"]))
+    assert len(counts) == 400
+    assert set(counts.values()) == {1}
+
+
+def test_provider_quota_answer_pauses_at_once(app, session, workspace, setup, sim):
+    kit.contacts(session, workspace.id, 150, tags=["all"])
+    c = kit.campaign(
+        session,
+        workspace.id,
+        include_tags=[kit.tag_id(session, workspace.id, "all")],
+        **{k: setup[k] for k in ("account", "template", "sender")},
+    )
+    ctx = _ctx(app)
+    runner.start(session, c.id, ctx)
+    sim.faults.update({"quota_exhausted": True})
+    assert runner.run_batch(session, c.id, ctx) == runner.BLOCKED
+    session.expire_all()
+    campaign = session.get(Campaign, c.id)
+    assert (campaign.status, campaign.pause_reason) == ("paused", "quota")
+    assert _mails_to(sim, setup["api_user"]) == []
+    held = session.scalar(
+        select(QuotaLedger.reserved).where(
+            QuotaLedger.account_id == setup["account"].id, QuotaLedger.owner == ""
+        )
+    )
+    assert held == 0  # the refused batch gave its quota back
+    sim.faults.update({"quota_exhausted": False})
+    runner.resume(session, c.id)
+    assert runner.run_campaign(session, c.id, ctx) == runner.DONE
+    assert len({m.recipient for m in _mails_to(sim, setup["api_user"])}) == 150
+
+
+def test_balance_too_low_pauses_with_the_balance_reason(app, session, workspace, setup, sim):
+    sim.set_account(setup["api_user"], available=Decimal("0.0001"), balance=Decimal("0.0001"))
+    kit.contacts(session, workspace.id, 20, tags=["all"])
+    c = kit.campaign(
+        session,
+        workspace.id,
+        include_tags=[kit.tag_id(session, workspace.id, "all")],
+        **{k: setup[k] for k in ("account", "template", "sender")},
+    )
+    ctx = _ctx(app)
+    runner.start(session, c.id, ctx)  # syncs: the snapshot shows the empty balance
+    assert runner.run_batch(session, c.id, ctx) == runner.BLOCKED
+    session.expire_all()
+    assert session.get(Campaign, c.id).pause_reason == "balance"
+    assert _mails_to(sim, setup["api_user"]) == []
+
+
+def test_a_batch_interrupted_after_the_provider_accepted_it_is_not_sent_twice(
+    app, session, workspace, setup, sim
+):
+    """A worker dies between the provider's acceptance and our record: the next worker takes the
+    batch over after its lease and re-sends it with the same key; SendCloud answers "duplicate"."""
+    kit.contacts(session, workspace.id, 120, tags=["all"])
+    c = kit.campaign(
+        session,
+        workspace.id,
+        include_tags=[kit.tag_id(session, workspace.id, "all")],
+        **{k: setup[k] for k in ("account", "template", "sender")},
+    )
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_send(step):
+        if step == "batch:after_send":
+            raise Crash
+
+    clock = [dt.datetime.now(dt.UTC)]
+    ctx = _ctx(app, on_step=crash_after_send, clock=lambda: clock[0])
+    runner.start(session, c.id, ctx)
+    with pytest.raises(Crash):
+        runner.run_batch(session, c.id, ctx)
+    session.rollback()
+    assert len(_mails_to(sim, setup["api_user"])) == 100
+    clock[0] += runner.BATCH_LEASE + dt.timedelta(seconds=1)
+    ctx2 = _ctx(app, clock=lambda: clock[0])
+    assert runner.run_campaign(session, c.id, ctx2) == runner.DONE
+    counts = Counter(m.recipient for m in _mails_to(sim, setup["api_user"]))
+    assert len(counts) == 120
+    assert set(counts.values()) == {1}
+    session.expire_all()
+    assert session.get(Campaign, c.id).sent == 120
+
+
+def test_user_pause_resume_and_cancel(app, session, workspace, setup, sim):
+    kit.contacts(session, workspace.id, 300, tags=["all"])
+    c = kit.campaign(
+        session,
+        workspace.id,
+        include_tags=[kit.tag_id(session, workspace.id, "all")],
+        **{k: setup[k] for k in ("account", "template", "sender")},
+    )
+    ctx = _ctx(app)
+    runner.start(session, c.id, ctx)
+    assert runner.run_batch(session, c.id, ctx) == runner.SENT
+    runner.pause(session, c.id, by="marketer")
+    assert runner.run_batch(session, c.id, ctx) == runner.IDLE
+    assert runner.resume_if_possible(session, c.id, ctx) is False  # a user's pause waits for a user
+    runner.resume(session, c.id)
+    assert runner.run_batch(session, c.id, ctx) == runner.SENT
+    runner.cancel(session, c.id)
+    assert runner.run_batch(session, c.id, ctx) == runner.IDLE
+    with pytest.raises(InvalidTransition):
+        runner.resume(session, c.id)
+    assert len(_mails_to(sim, setup["api_user"])) == 200
+
+
+def test_owner_cap_limits_a_marketer(app, session, workspace, setup, sim):
+    from plugin.models import QuotaAllocation
+
+    session.add(
+        QuotaAllocation(workspace_id=workspace.id, scope="user", subject="marketer-1", daily_limit=150)
+    )
+    session.commit()
+    kit.contacts(session, workspace.id, 300, tags=["all"])
+    c = kit.campaign(
+        session,
+        workspace.id,
+        include_tags=[kit.tag_id(session, workspace.id, "all")],
+        owner_id="marketer-1",
+        **{k: setup[k] for k in ("account", "template", "sender")},
+    )
+    ctx = _ctx(app)
+    runner.start(session, c.id, ctx)
+    assert runner.run_campaign(session, c.id, ctx) == runner.BLOCKED
+    session.expire_all()
+    assert session.get(Campaign, c.id).pause_reason == "cap"
+    assert len(_mails_to(sim, setup["api_user"])) == 150
+
+
+def test_smtp_channel_records_each_recipient_and_resends_only_the_one_in_flight(app, session, workspace):
+    sink = SmtpSink().start()
+    try:
+        account = kit.smtp_account(session, workspace.id, host="127.0.0.1", port=sink.port)
+        snd = kit.sender(session, workspace.id)
+        tpl = kit.template(session, workspace.id)
+        kit.contacts(session, workspace.id, 30, tags=["all"])
+        c = kit.campaign(
+            session,
+            workspace.id,
+            account=account,
+            template=tpl,
+            sender=snd,
+            include_tags=[kit.tag_id(session, workspace.id, "all")],
+        )
+
+        class Crash(Exception):
+            pass
+
+        sent = {"n": 0}
+
+        def crash_mid_batch(step):
+            if step == "smtp:after_send":
+                sent["n"] += 1
+                if sent["n"] == 12:
+                    raise Crash
+
+        clock = [dt.datetime.now(dt.UTC)]
+        ctx = _ctx(app, on_step=crash_mid_batch, clock=lambda: clock[0])
+        runner.start(session, c.id, ctx)
+        with pytest.raises(Crash):
+            runner.run_batch(session, c.id, ctx)
+        session.rollback()
+        ctx.close()
+        clock[0] += runner.BATCH_LEASE + dt.timedelta(seconds=1)
+        ctx2 = _ctx(app, clock=lambda: clock[0])
+        assert runner.run_campaign(session, c.id, ctx2) == runner.DONE
+        ctx2.close()
+        messages = sink.messages()
+        received = Counter(m.envelope_to[0] for m in messages)
+        assert len({m.message_id for m in messages}) == 30  # a resend keeps its Message-ID
+        assert len(received) == 30
+        duplicates = [r for r, n in received.items() if n > 1]
+        assert len(duplicates) <= 1  # only the mail in flight at the crash
+        flagged = set(
+            session.scalars(
+                select(CampaignRecipient.email).where(
+                    CampaignRecipient.campaign_id == c.id, CampaignRecipient.possible_duplicate
+                )
+            )
+        )
+        assert set(duplicates) <= flagged
+        assert len(flagged) == 1
+        session.expire_all()
+        assert session.get(Campaign, c.id).sent == 30
+    finally:
+        sink.stop()
+
+
+def test_reservations_are_settled_to_what_was_accepted(app, session, workspace, setup, sim):
+    kit.contacts(session, workspace.id, 130, tags=["all"])
+    c = kit.campaign(
+        session,
+        workspace.id,
+        include_tags=[kit.tag_id(session, workspace.id, "all")],
+        **{k: setup[k] for k in ("account", "template", "sender")},
+    )
+    ctx = _ctx(app)
+    runner.start(session, c.id, ctx)
+    runner.run_campaign(session, c.id, ctx)
+    ledger = session.scalar(
+        select(QuotaLedger.id).where(
+            QuotaLedger.account_id == setup["account"].id,
+            QuotaLedger.channel == "batch",
+            QuotaLedger.owner == "",
+        )
+    )
+    _limit, reserved, committed = quota.ledger_totals(session, ledger)
+    assert (reserved, committed) == (0, 130)
