@@ -104,6 +104,8 @@ class RunContext:
     backoff_base: float = 1.0
     #: Called at each step boundary with the step's name (crash tests kill the process there).
     on_step: StepHook | None = None
+    #: How long a claimed batch belongs to this worker (crash tests shorten it to restart fast).
+    batch_lease: dt.timedelta = BATCH_LEASE
     _providers: dict[tuple[int, str], Provider] = dataclasses.field(default_factory=dict)
     _contents: dict[tuple[int, int | None, int | None], Any] = dataclasses.field(default_factory=dict)
 
@@ -421,7 +423,7 @@ def run_batch(session: Session, campaign_id: int, ctx: RunContext) -> str:
                 )
             return BLOCKED
         ctx.step("batch:reserved")
-        batch = _claim(session, campaign, account, grant, now)
+        batch = _claim(session, campaign, account, grant, now, ctx)
         if batch is None:
             quota.give_back(session, grant)
             session.commit()
@@ -435,7 +437,12 @@ def _max_batch(account: ProviderAccount) -> int:
 
 
 def _claim(
-    session: Session, campaign: Campaign, account: ProviderAccount, grant: quota.Grant, now: dt.datetime
+    session: Session,
+    campaign: Campaign,
+    account: ProviderAccount,
+    grant: quota.Grant,
+    now: dt.datetime,
+    ctx: RunContext,
 ) -> _Batch | None:
     """Claim up to ``grant.amount`` pending recipients sharing one content into a new batch. Commits.
 
@@ -502,7 +509,7 @@ def _claim(
         session.commit()
         return None
     key = f"mkt-w{campaign.workspace_id}-c{campaign.id}-b{seq}"
-    lease_until = now + BATCH_LEASE
+    lease_until = now + ctx.batch_lease
     batch_id = session.execute(
         SendBatch.__table__.insert()
         .values(
@@ -594,7 +601,7 @@ def _take_over_stale_batch(
     ).scalar_one_or_none()
     if row is None:
         return None
-    new_lease = now + BATCH_LEASE
+    new_lease = now + ctx.batch_lease
     taken = session.execute(
         update(SendBatch)
         .where(
@@ -609,7 +616,7 @@ def _take_over_stale_batch(
     batch_id, status, key, seq = row.id, row.status, row.idempotency_key, row.seq
     template_id, sender_id = row.template_id, row.sender_id
     reservation_id, cap_reservation_id = row.reservation_id, row.cap_reservation_id
-    last_attempt = row.lease_until - BATCH_LEASE if row.lease_until else row.created_at
+    last_attempt = row.lease_until - ctx.batch_lease if row.lease_until else row.created_at
     members = (
         session.scalar(
             select(func.count())
@@ -871,7 +878,7 @@ def _send(
     session.execute(
         update(SendBatch)
         .where(SendBatch.id == batch.id)
-        .values(attempts=SendBatch.attempts + 1, lease_until=now + BATCH_LEASE)
+        .values(attempts=SendBatch.attempts + 1, lease_until=now + ctx.batch_lease)
         .execution_options(synchronize_session=False)
     )
     session.commit()
@@ -1071,12 +1078,12 @@ def _send_smtp(
             )
         session.commit()
         ctx.step("smtp:recorded")
-        if time.monotonic() - lease_renewed_at > BATCH_LEASE.total_seconds() / 3:
+        if time.monotonic() - lease_renewed_at > ctx.batch_lease.total_seconds() / 3:
             lease_renewed_at = time.monotonic()
             session.execute(
                 update(SendBatch)
                 .where(SendBatch.id == batch.id)
-                .values(lease_until=ctx.clock() + BATCH_LEASE)
+                .values(lease_until=ctx.clock() + ctx.batch_lease)
                 .execution_options(synchronize_session=False)
             )
             quota.renew_grant(session, batch.grant)
