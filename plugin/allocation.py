@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from sqlalchemy import distinct, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -190,14 +190,14 @@ def cap_for(
 def known_owners(session: Session, workspace_id: int) -> tuple[list[str], list[str]]:
     """User ids and team names seen on this workspace's campaigns (suggestions for the form)."""
     users = session.scalars(
-        select(distinct(Campaign.owner_id)).where(
-            Campaign.workspace_id == workspace_id, Campaign.owner_id.is_not(None), Campaign.owner_id != ""
-        )
+        select(Campaign.owner_id)
+        .distinct()
+        .where(Campaign.workspace_id == workspace_id, Campaign.owner_id.is_not(None), Campaign.owner_id != "")
     ).all()
     teams = session.scalars(
-        select(distinct(Campaign.team)).where(
-            Campaign.workspace_id == workspace_id, Campaign.team.is_not(None), Campaign.team != ""
-        )
+        select(Campaign.team)
+        .distinct()
+        .where(Campaign.workspace_id == workspace_id, Campaign.team.is_not(None), Campaign.team != "")
     ).all()
     return sorted(users), sorted(teams)
 
