@@ -342,7 +342,7 @@ class _TextExtractor(HTMLParser):
         {
             *("address", "article", "aside", "blockquote", "dd", "div", "dl", "dt", "fieldset"),
             *("figcaption", "figure", "footer", "form", "h1", "h2", "h3", "h4", "h5", "h6", "header"),
-            *("hr", "li", "main", "nav", "ol", "p", "pre", "section", "table", "tbody", "thead"),
+            *("hr", "main", "nav", "ol", "p", "pre", "section", "table", "tbody", "thead"),
             *("tfoot", "tr", "ul"),
         }
     )
