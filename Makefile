@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PORT ?= 5000
 PG_DSN ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
 
-.PHONY: demo test lint services browser translations clean
+.PHONY: demo test lint services browser translations clean bench bench-full soak
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
@@ -21,11 +21,24 @@ demo: $(STAMP)
 
 # The whole suite, on SQLite and on PostgreSQL (each run in its own database).
 test: $(STAMP) services browser lint
-	$(PY) -m pytest -p no:cacheprovider -n 2 --dist loadfile
-	MARKETING_TEST_DATABASE=postgres $(PY) -m pytest -p no:cacheprovider -n 2 --dist loadfile -m "not browser"
+	$(PY) -m pytest -p no:cacheprovider -n 2 --dist loadfile -m "not slow"
+	MARKETING_TEST_DATABASE=postgres $(PY) -m pytest -p no:cacheprovider -n 2 --dist loadfile -m "not browser and not slow"
+
+# Long kill and soak tests (100,000-recipient campaign killed 20 times, ...), on both databases.
+soak: $(STAMP) services
+	$(PY) -m pytest -p no:cacheprovider -m slow
+	MARKETING_TEST_DATABASE=postgres $(PY) -m pytest -p no:cacheprovider -m slow
+
+# Benchmarks print ratios against a floor measured in the same run (bench/README.md).
+BENCHES ?= audience dispatch smtp memory scheduler_lateness
+bench: $(STAMP) services
+	@for b in $(BENCHES); do test -f bench/$$b.py && $(PY) -m bench.$$b --profile quick || exit 1; done
+
+bench-full: $(STAMP) services
+	@for b in $(BENCHES); do test -f bench/$$b.py && $(PY) -m bench.$$b --profile full || exit 1; done
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check plugin tests
+	$(VENV)/bin/ruff check plugin tests $$(test -d bench && echo bench)
 
 # PostgreSQL and Redis are normally running; start them when they are not.
 services:
