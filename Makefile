@@ -32,10 +32,10 @@ soak: $(STAMP) services
 # Benchmarks print ratios against a floor measured in the same run (bench/README.md).
 BENCHES ?= audience dispatch smtp memory scheduler_lateness
 bench: $(STAMP) services
-	@for b in $(BENCHES); do test -f bench/$$b.py && $(PY) -m bench.$$b --profile quick || exit 1; done
+	@for b in $(BENCHES); do if test -f bench/$$b.py; then $(PY) -m bench.$$b --profile quick || exit 1; fi; done
 
 bench-full: $(STAMP) services
-	@for b in $(BENCHES); do test -f bench/$$b.py && $(PY) -m bench.$$b --profile full || exit 1; done
+	@for b in $(BENCHES); do if test -f bench/$$b.py; then $(PY) -m bench.$$b --profile full || exit 1; fi; done
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check plugin tests $$(test -d bench && echo bench)
