@@ -34,6 +34,8 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "tags.write": frozenset({"admin", "marketer"}),
     "views.write": frozenset({"admin", "marketer"}),
     "campaigns.write": frozenset({"admin", "marketer"}),
+    #: Ask the provider for balance and quota now (the account bar's "refresh"); sales only read.
+    "quota.refresh": frozenset({"admin", "marketer"}),
     "settings": frozenset({"admin"}),
 }
 

@@ -1,5 +1,8 @@
 """What the header of every plugin page says about the provider account: balance and today's
-quota from the latest sync, and whether that sync is too old to trust."""
+quota from the latest sync, and whether that sync is too old to trust or the balance too low.
+
+Both thresholds are settings (``QUOTA_STALE_MINUTES``, ``LOW_BALANCE_THRESHOLD``) because what is
+"recent" depends on the sync interval a deployment chooses, and what is "low" on its volume."""
 
 from __future__ import annotations
 
@@ -10,10 +13,12 @@ from decimal import Decimal
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from .config import Settings
 from .models import AccountSnapshot, ProviderAccount, utcnow
 
-#: A snapshot older than this is shown with a "stale" warning.
-STALE_AFTER = dt.timedelta(minutes=30)
+#: Defaults when no settings are given (the settings' own defaults).
+DEFAULT_STALE_MINUTES = 15
+DEFAULT_LOW_BALANCE = 10.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -24,6 +29,11 @@ class AccountStatus:
     daily_quota: int | None
     used_today: int | None
     fetched_at: dt.datetime | None
+    account_id: int | None = None
+    #: A snapshot older than this many minutes is shown with a "stale" warning.
+    stale_minutes: int = DEFAULT_STALE_MINUTES
+    #: Warn when the available balance (else the balance) is below this; 0 = never.
+    low_balance_threshold: float = DEFAULT_LOW_BALANCE
 
     @property
     def remaining(self) -> int | None:
@@ -34,11 +44,31 @@ class AccountStatus:
     def stale(self, now: dt.datetime | None = None) -> bool:
         if self.fetched_at is None:
             return True
-        return (now or utcnow()) - self.fetched_at > STALE_AFTER
+        return (now or utcnow()) - self.fetched_at > dt.timedelta(minutes=self.stale_minutes)
+
+    @property
+    def spendable(self) -> Decimal | None:
+        """The available balance (what sending can use), else the balance."""
+        return self.available_balance if self.available_balance is not None else self.balance
+
+    @property
+    def low_balance(self) -> bool:
+        value = self.spendable
+        if value is None or self.low_balance_threshold <= 0:
+            return False
+        return Decimal(str(value)) < Decimal(str(self.low_balance_threshold))
 
 
-def account_status(session: Session, workspace_id: int) -> AccountStatus | None:
-    """The workspace's SendCloud account and its latest snapshot; ``None`` before the wizard."""
+def account_status(
+    session: Session, workspace_id: int, settings: Settings | None = None
+) -> AccountStatus | None:
+    """The workspace's SendCloud account and its latest snapshot; ``None`` before the wizard.
+
+    ``settings`` (the plugin's Settings) supplies the stale and low-balance thresholds."""
+    limits = {
+        "stale_minutes": getattr(settings, "quota_stale_minutes", DEFAULT_STALE_MINUTES),
+        "low_balance_threshold": getattr(settings, "low_balance_threshold", DEFAULT_LOW_BALANCE),
+    }
     account = session.scalar(
         select(ProviderAccount)
         .where(ProviderAccount.workspace_id == workspace_id, ProviderAccount.kind == "sendcloud")
@@ -54,7 +84,9 @@ def account_status(session: Session, workspace_id: int) -> AccountStatus | None:
         .limit(1)
     )
     if snapshot is None:
-        return AccountStatus(account.api_user or account.name, None, None, None, None, None)
+        return AccountStatus(
+            account.api_user or account.name, None, None, None, None, None, account.id, **limits
+        )
     return AccountStatus(
         account_name=account.api_user or account.name,
         balance=snapshot.balance,
@@ -62,4 +94,6 @@ def account_status(session: Session, workspace_id: int) -> AccountStatus | None:
         daily_quota=snapshot.daily_quota,
         used_today=snapshot.used_today,
         fetched_at=snapshot.fetched_at,
+        account_id=account.id,
+        **limits,
     )

@@ -64,7 +64,9 @@ def _account_status():
     if "_marketing_account_status" not in g:
         workspace = g.get("_marketing_workspace")
         g._marketing_account_status = (
-            account_status(get_state().session, workspace.id) if workspace is not None else None
+            account_status(get_state().session, workspace.id, get_state().settings)
+            if workspace is not None
+            else None
         )
     return g._marketing_account_status
 
