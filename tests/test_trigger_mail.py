@@ -4,6 +4,7 @@ independence from the batch ledger, and secrets kept out of the logs."""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 
@@ -493,3 +494,92 @@ def test_list_filters_search_and_sorts(session, workspace, account, ctx, sim):
     assert [m.to_email for m in by_to.items] == ["user2@example.org"]
     assert by_to.pages == 2
     assert trigger_mail.status_counts(session, workspace.id) == {"sent": 3}
+
+
+# --------------------------------------------------------------------------- the log page
+
+
+def _row(workspace_id: int, n: int, **values) -> TriggerMail:
+    defaults = {
+        "workspace_id": workspace_id,
+        "idempotency_key": f"key-{n:03d}",
+        "to_email": f"user{n:03d}@example.org",
+        "subject": f"Subject {n}",
+        "status": "sent",
+        "attempts": 1,
+        "created_at": dt.datetime(2024, 1, 1, 0, 30, tzinfo=dt.UTC) + dt.timedelta(minutes=n),
+    }
+    defaults.update(values)
+    return TriggerMail(**defaults)
+
+
+def test_log_page_empty_state_tells_how_to_send(login, workspace):
+    page = login("sales").get("/marketing/trigger-mail")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert 'id="trigger-empty"' in html
+    assert "/marketing/api/v1/trigger-mails" in html
+
+
+def test_log_page_searches_filters_sorts_and_pages(login, session, workspace, other_workspace):
+    session.add_all([_row(workspace.id, n) for n in range(55)])
+    session.add(
+        _row(
+            workspace.id,
+            99,
+            to_email="vip@example.org",
+            status="failed",
+            attempts=4,
+            error="sendcloud: SendCloud answered HTTP 500 to mail/send.",
+            variables={"code": "SECRET-CODE-991"},
+        )
+    )
+    session.add(_row(other_workspace.id, 1, to_email="foreign@example.org"))
+    session.commit()
+    browser = login("sales")
+
+    first = browser.get("/marketing/trigger-mail").get_data(as_text=True)
+    assert first.count('class="trigger-row"') == 50
+    assert 'data-total="56"' in first
+    assert "vip@example.org" in first.split('class="trigger-row"')[1]  # newest first
+    assert "foreign@example.org" not in first
+    assert "SECRET-CODE-991" not in first  # variables are never shown
+    assert "answered HTTP 500" in first
+    second = browser.get("/marketing/trigger-mail?page=2").get_data(as_text=True)
+    assert second.count('class="trigger-row"') == 6
+
+    found = browser.get("/marketing/trigger-mail?q=VIP@").get_data(as_text=True)
+    assert found.count('class="trigger-row"') == 1
+    by_key = browser.get("/marketing/trigger-mail?q=key-007").get_data(as_text=True)
+    assert by_key.count('class="trigger-row"') == 1
+    failed = browser.get("/marketing/trigger-mail?status=failed").get_data(as_text=True)
+    assert failed.count('class="trigger-row"') == 1
+    assert 'data-status-count="failed"' in failed
+    none = browser.get("/marketing/trigger-mail?q=nobody").get_data(as_text=True)
+    assert 'id="trigger-no-match"' in none
+
+    by_to = browser.get("/marketing/trigger-mail?sort=to&order=asc").get_data(as_text=True)
+    rows = by_to.split('class="trigger-row"')[1:]
+    assert "user000@example.org" in rows[0]
+    assert 'aria-sort="ascending"' in by_to
+    # A hand-edited URL with bad values still shows the page with defaults.
+    assert browser.get("/marketing/trigger-mail?sort=evil&page=-3&status=x").status_code == 200
+
+
+def test_log_page_shows_times_in_the_users_time_zone(login, session, workspace):
+    session.add(_row(workspace.id, 0))  # 2024-01-01 00:30 UTC
+    session.commit()
+    browser = login("marketer")
+    browser.post("/marketing/preferences", data={"timezone": "Asia/Shanghai"})
+    assert "Jan 1, 2024, 8:30" in browser.get("/marketing/trigger-mail").get_data(as_text=True)
+    browser.post("/marketing/preferences", data={"timezone": "America/Los_Angeles"})
+    assert "Dec 31, 2023, 4:30" in browser.get("/marketing/trigger-mail").get_data(as_text=True)
+
+
+def test_a_mail_sent_through_the_service_appears_in_the_log(login, session, workspace, account, ctx, sim):
+    _send(session, workspace, ctx, subject="Receipt", html="<p>x</p>")
+    html = login("admin").get("/marketing/trigger-mail").get_data(as_text=True)
+    assert "buyer@example.org" in html
+    assert "Receipt" in html
+    assert 'data-status="sent"' in html
+    assert "SendCloud" in html  # the account's name
