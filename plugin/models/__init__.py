@@ -11,6 +11,7 @@ from .delivery import (
     Suppression,
 )
 from .directory import Contact, ContactTag, CustomField, ImportJob, SavedView, Tag
+from .engagement import Reply, ReplyMailbox, StatCounter, TrackedLink
 from .sending import ProviderAccount, Sender, SendingDomain, SetupState
 from .workspace import ApiToken, Lease, UserPreference, Workspace
 
@@ -30,14 +31,18 @@ __all__ = [
     "QuotaAllocation",
     "QuotaLedger",
     "QuotaReservation",
+    "Reply",
+    "ReplyMailbox",
     "SavedView",
     "SendBatch",
     "Sender",
     "SendingDomain",
     "SetupState",
+    "StatCounter",
     "Suppression",
     "Tag",
     "Template",
+    "TrackedLink",
     "TriggerMail",
     "UTCDateTime",
     "UserPreference",

@@ -118,6 +118,9 @@ class CampaignRecipient(Base):
     sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     delivered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     opened_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    #: First open by a privacy proxy or link scanner (counted apart from human opens).
+    machine_opened_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    soft_bounces: Mapped[int] = mapped_column(default=0)
     clicked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     replied_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     unsubscribed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
