@@ -21,7 +21,7 @@ from . import allocation, quota
 from .config import Settings
 from .i18n import _, format_number
 from .models import AccountSnapshot, ProviderAccount, QuotaLedger, utcnow
-from .quota_sync import latest_snapshot
+from .quota_sync import latest_snapshot, trigger_share_for
 
 #: Days listed in the spread plan; longer campaigns show the total only.
 PLAN_DAYS = 60
@@ -94,7 +94,7 @@ def forecast(
     unlimited = account.kind == "smtp" and account.daily_limit is None
 
     daily_quota = _daily_quota(account, snapshot)
-    share = allocation.trigger_share(session, workspace_id, daily_quota) if daily_quota is not None else 0
+    share = trigger_share_for(session, workspace_id, account, daily_quota) if daily_quota is not None else 0
     cap = allocation.cap_for(session, workspace_id, owner_id, team)
     per_day = remaining = None
     if daily_quota is not None:

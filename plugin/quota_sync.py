@@ -14,6 +14,9 @@ therefore writes the account's two ledgers of the provider day together:
   trigger mail twice), and whatever no longer fits into the batch part eats into the trigger
   share. Both only ever rise (``max``), because the provider's count already includes our own
   commits; the two remainders then never add up to more than ``quota − used``.
+* Without a share (and for SMTP accounts) both channels draw on the whole quota, as the send gate
+  has it: each ledger's limit is the quota and each counts all the provider counted, so neither
+  grants more than ``quota − used``.
 
 Today's cap ledgers (``user:<id>``/``team:<name>``) get the cap's current limit, so an admin's
 edit applies at once rather than tomorrow.
@@ -123,7 +126,7 @@ def store(
     day = quota.provider_day(now)
     if info.daily_quota is not None:
         # ``ensure_ledger`` commits; do it before the snapshot so one transaction writes the rest.
-        _split_ledgers(session, workspace_id, account.id, day, int(info.daily_quota), info.used_today)
+        _split_ledgers(session, workspace_id, account, day, int(info.daily_quota), info.used_today)
     snapshot = AccountSnapshot(
         workspace_id=workspace_id,
         account_id=account.id,
@@ -152,15 +155,28 @@ def rebalance(session: Session, workspace_id: int, *, now: dt.datetime | None = 
         if snapshot is None or snapshot.daily_quota is None:
             continue
         used = snapshot.used_today if quota.provider_day(snapshot.fetched_at) == day else None
-        _split_ledgers(session, workspace_id, account.id, day, int(snapshot.daily_quota), used)
+        _split_ledgers(session, workspace_id, account, day, int(snapshot.daily_quota), used)
     session.commit()
 
 
 def _split_ledgers(
-    session: Session, workspace_id: int, account_id: int, day: dt.date, daily_quota: int, used: int | None
+    session: Session,
+    workspace_id: int,
+    account: ProviderAccount,
+    day: dt.date,
+    daily_quota: int,
+    used: int | None,
 ) -> None:
-    """Write limits and the provider's use into the day's batch and trigger ledgers (no commit)."""
-    share = allocation.trigger_share(session, workspace_id, daily_quota)
+    """Write limits and the provider's use into the day's batch and trigger ledgers (no commit).
+
+    Without a share (and always for SMTP accounts, whose configured limit is not divided, as in
+    the send gate) both channels draw on the whole quota: each ledger's limit is the quota and
+    each counts everything the provider counted.
+    """
+    account_id = account.id
+    share = trigger_share_for(session, workspace_id, account, daily_quota)
+    if account.kind == "smtp":
+        used = None  # our own ledgers are the truth for a mailbox; nothing to reconcile
     batch_limit = max(0, daily_quota - share)
     batch_id = quota.ensure_ledger(session, workspace_id, account_id, "batch", day, batch_limit)
     trigger_id = (
@@ -183,9 +199,18 @@ def _split_ledgers(
     # that was lowered during the day count against the batch part like anyone else's mail.
     trigger_within_share = min(rows[trigger_id].committed, share) if trigger_id is not None else 0
     _set(session, batch_id, batch_limit, None if used is None else max(0, used - trigger_within_share))
-    if trigger_id is not None:
+    if trigger_id is not None and share > 0:
         _set(session, trigger_id, share, None if used is None else max(0, used - batch_limit))
+    elif trigger_id is not None:
+        _set(session, trigger_id, daily_quota, used)
     _apply_caps(session, workspace_id, account_id, day)
+
+
+def trigger_share_for(session: Session, workspace_id: int, account: ProviderAccount, daily_quota: int) -> int:
+    """The trigger share of this account's quota: the admin's share for SendCloud, none for SMTP."""
+    if account.kind != "sendcloud":
+        return 0
+    return allocation.trigger_share(session, workspace_id, daily_quota)
 
 
 def _set(session: Session, ledger_id: int, limit: int, committed_at_least: int | None) -> None:
@@ -404,4 +429,5 @@ __all__ = [
     "sync_all",
     "sync_workspace",
     "today_ledgers",
+    "trigger_share_for",
 ]

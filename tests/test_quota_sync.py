@@ -125,7 +125,8 @@ def test_absolute_share_and_its_removal(session, workspace, account, simulator):
     allocation.set_share(session, workspace.id, percent=0)
     session.commit()
     quota_sync.rebalance(session, workspace.id)
-    assert (ledger(session, account.id).limit, ledger(session, account.id, "trigger").limit) == (1000, 0)
+    # No share: trigger mail and campaigns both draw on the whole quota (as the send gate has it).
+    assert (ledger(session, account.id).limit, ledger(session, account.id, "trigger").limit) == (1000, 1000)
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -135,12 +136,15 @@ def test_split_never_grants_more_than_the_provider_has_left(session, workspace, 
     quota_total = 1000
     used = 0
     for _step in range(25):
-        allocation.set_share(session, workspace.id, percent=rng.choice([0, 5, 10, 33.3, 50, 100]))
+        percent = rng.choice([0, 5, 10, 33.3, 50, 100])
+        allocation.set_share(session, workspace.id, percent=percent)
         session.commit()
         quota_sync.store(session, workspace.id, account, AccountInfo(None, None, quota_total, used))
         batch, trigger = ledger(session, account.id), ledger(session, account.id, "trigger")
-        room = left(batch) + left(trigger)
-        assert room <= quota_total - used
+        if percent:
+            assert left(batch) + left(trigger) <= quota_total - used
+        else:  # one shared quota: each channel alone stays within it
+            assert max(left(batch), left(trigger)) <= quota_total - used
         # Our own sends (counted by the provider too) and some foreign mail.
         for row in (batch, trigger):
             if row is not None and left(row) and rng.random() < 0.6:
@@ -148,6 +152,8 @@ def test_split_never_grants_more_than_the_provider_has_left(session, workspace, 
                 quota.commit_reservation(session, grant.id, grant.amount)
                 used += grant.amount
         used = min(quota_total, used + rng.choice([0, 0, 3, 40]))
+    allocation.set_share(session, workspace.id, percent=20)
+    session.commit()
     quota_sync.store(session, workspace.id, account, AccountInfo(None, None, quota_total, used))
     assert (
         left(ledger(session, account.id)) + left(ledger(session, account.id, "trigger")) <= quota_total - used
@@ -245,3 +251,43 @@ def test_cli_sync_quota(app, session, workspace, account, simulator):
     result = app.test_cli_runner().invoke(args=["marketing", "sync-quota", "--workspace", "default"])
     assert result.exit_code == 1
     assert "FAILED" in result.output
+
+
+def test_the_send_gate_reserves_within_the_synced_split(app, session, workspace, account, simulator):
+    """The lead's gate (quota.reserve_for_send) and the sync agree on the limits of each ledger."""
+    from plugin.extension import get_state
+
+    settings = get_state().settings
+    allocation.set_share(session, workspace.id, percent=10)
+    allocation.add_cap(session, workspace.id, scope="user", subject="7", daily_limit=50)
+    session.commit()
+    simulator.simulator.set_account(API_USER, used=100)  # another system sent 100
+    sync(session, workspace, account)
+    trigger = quota.reserve_for_send(
+        session, workspace_id=workspace.id, account=account, n=500, settings=settings, channel="trigger"
+    )
+    assert trigger.amount == 100
+    batch = quota.reserve_for_send(
+        session, workspace_id=workspace.id, account=account, n=5000, settings=settings
+    )
+    assert batch.amount == 800
+    capped = quota.reserve_for_send(
+        session, workspace_id=workspace.id, account=account, n=10, settings=settings, owner_id="7"
+    )
+    assert isinstance(capped, quota.Blocked)  # the account's batch part is all held
+    quota.give_back(session, batch)
+    session.commit()
+    capped = quota.reserve_for_send(
+        session, workspace_id=workspace.id, account=account, n=500, settings=settings, owner_id="7"
+    )
+    assert capped.amount == 50
+
+
+def test_smtp_limits_are_not_divided_by_the_trigger_share(session, workspace):
+    allocation.set_share(session, workspace.id, percent=50)
+    smtp = ProviderAccount(workspace_id=workspace.id, kind="smtp", name="mailbox", daily_limit=400)
+    session.add(smtp)
+    session.commit()
+    quota_sync.sync_account(session, workspace.id, smtp, None)
+    assert ledger(session, smtp.id).limit == 400
+    assert ledger(session, smtp.id, "trigger") is None
