@@ -284,3 +284,21 @@ def test_forecast_endpoint_does_not_reach_other_workspaces(login, session, other
     foreign = bind_account(session, other_workspace.id, name="foreign")
     response = login("admin").get(f"/marketing/quota/forecast?recipients=1&account_id={foreign.id}")
     assert response.status_code == 404
+
+
+def test_stale_threshold_comes_from_the_setting(login, session, workspace, account):
+    """18 minutes old: stale under the default 15, fresh under this app's QUOTA_STALE_MINUTES=20."""
+    session.add(
+        AccountSnapshot(
+            workspace_id=workspace.id,
+            account_id=account.id,
+            balance=Decimal("60"),
+            daily_quota=2000,
+            used_today=1,
+            fetched_at=utcnow() - dt.timedelta(minutes=18),
+        )
+    )
+    session.commit()
+    header = bar(login("sales").get("/marketing/").get_data(as_text=True))
+    assert 'data-quota="2000"' in header
+    assert 'data-warning="stale"' not in header
