@@ -72,6 +72,7 @@ def tick(app: Flask, now: dt.datetime | None = None, *, executor: Executor | Non
         state = get_state()
         session = state.session
         settings = state.settings
+        ctx = None
         try:
             ctx = runner.context_from_app(app)
             _sync_accounts(state, ctx, now, report)
@@ -82,6 +83,8 @@ def tick(app: Flask, now: dt.datetime | None = None, *, executor: Executor | Non
             _resume_paused(session, ctx, executor, now, report)
             _resubmit_orphans(session, executor, now, report)
         finally:
+            if ctx is not None:
+                ctx.close()
             session.remove() if hasattr(session, "remove") else session.close()
     if report:
         log.info(
@@ -188,7 +191,8 @@ def _resume_paused(session: Any, ctx: Any, executor: Executor, now: dt.datetime,
     ids = session.scalars(
         select(Campaign.id).where(
             Campaign.status == lifecycle.PAUSED,
-            Campaign.pause_reason.in_(sorted(lifecycle.AUTO_RESUME_REASONS)),
+            # "provider": a cool-down after repeated failures, lifted once its retry time passed
+            Campaign.pause_reason.in_(sorted(lifecycle.AUTO_RESUME_REASONS | {"provider"})),
             _ready(now),
         )
     ).all()

@@ -25,7 +25,6 @@ which is what a crashed or stopped worker looks like.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import logging
 import os
@@ -133,14 +132,17 @@ def run_in_app(app: Flask, campaign_id: int, *, worker_id: str, should_stop: Cal
     with app.app_context():
         state = get_state()
         session = state.session
+        ctx = runner.context_from_app(app)
+        if worker_id:
+            ctx.worker_id = f"{worker_id}:{threading.get_ident()}"
         try:
-            ctx = dataclasses.replace(runner.context_from_app(app), worker_id=worker_id)
             return runner.run_campaign(session, campaign_id, ctx, should_stop=should_stop)
         except Exception:
             session.rollback()
             log.exception("campaign %s: the run stopped on an error", campaign_id)
             return "error"
         finally:
+            ctx.close()  # the provider's keep-alive connections
             session.remove() if hasattr(session, "remove") else session.close()
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import multiprocessing
+import os
+import signal
 import time
 
 import pytest
@@ -63,8 +65,9 @@ def test_stopping_hands_the_lease_on_at_once(app, session):
     assert second.run_once() is not None
 
 
-def _scheduler_process(url: str, key: str, instance: str, seconds: float, queue) -> None:
-    """A second OS process with its own app and a real APScheduler; reports its holder and ticks."""
+def _scheduler_process(url: str, key: str, instance: str, log_path: str, seconds: float) -> None:
+    """Another OS process with its own app and a real APScheduler ticking every 0.2 s; appends
+    ``holder time`` to ``log_path`` at each tick it really ran (flushed, so a kill -9 keeps them)."""
     import os
 
     os.environ["CRM_INSTANCE_PATH"] = instance
@@ -72,32 +75,61 @@ def _scheduler_process(url: str, key: str, instance: str, seconds: float, queue)
     from tests.conftest import _config
 
     app = create_app(_config(url, MARKETING_SECRET_KEYS=[key], MARKETING_SCHEDULER_TICK_SECONDS=0.2))
-    scheduler = Scheduler(app, lease_seconds=2, executor=_Null()).start()
+
+    class Recording(Scheduler):
+        def run_once(self, now=None):
+            report = super().run_once(now)
+            if report is not None:
+                with open(log_path, "a") as out:
+                    out.write(f"{self.holder} {time.time()}\n")
+            return report
+
+    scheduler = Recording(app, lease_seconds=2, executor=_Null()).start()
     time.sleep(seconds)
     scheduler.stop(stop_executor=False)
-    queue.put((scheduler.holder, scheduler.ticks))
+    os._exit(0)
 
 
-def test_two_scheduler_processes_only_one_ticks_then_the_other_takes_over(app, session, tmp_path):
+def _ticks(path) -> list[tuple[str, float]]:
+    if not path.exists():
+        return []
+    return [(h, float(t)) for h, t in (line.split() for line in path.read_text().splitlines())]
+
+
+def test_two_scheduler_processes_one_ticks_and_the_other_takes_over_after_a_crash(app, session, tmp_path):
     from tests.conftest import FERNET_KEY
 
-    url = str(get_state().db.engine.url.render_as_string(hide_password=False))
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    first = ctx.Process(target=_scheduler_process, args=(url, FERNET_KEY, str(tmp_path), 4.0, queue))
-    first.start()
-    _wait_for(lambda: leases.holder_of(get_state().db.engine, SCHEDULER_LEASE) is not None, 30)
-    second = ctx.Process(target=_scheduler_process, args=(url, FERNET_KEY, str(tmp_path), 6.0, queue))
-    second.start()
-    first_holder, first_ticks = queue.get(timeout=60)
-    # while the first ran, the second (started ~0.5-2 s later) never ticked: it only ticks after
-    # the first released the lease on stop, for the rest of its 6 s
-    second_holder, second_ticks = queue.get(timeout=60)
-    first.join(10)
-    second.join(10)
-    assert first_ticks >= 5, "the first process ticked every 0.2 s"
-    assert second_ticks >= 1, "the second took over after the first stopped"
-    assert first_holder != second_holder
+    engine = get_state().db.engine
+    url = str(engine.url.render_as_string(hide_password=False))
+    log_path = tmp_path / "ticks.log"
+    ctx = multiprocessing.get_context("fork")
+    procs = [
+        ctx.Process(target=_scheduler_process, args=(url, FERNET_KEY, str(tmp_path), str(log_path), 60.0))
+        for _ in range(2)
+    ]
+    for proc in procs:
+        proc.start()
+    try:
+        _wait_for(lambda: len(_ticks(log_path)) >= 5, 60)
+        assert len({h for h, _ in _ticks(log_path)}) == 1, "only one process ticks"
+        leader = leases.holder_of(engine, SCHEDULER_LEASE)
+        pid = int(leader.split(":")[1])
+        victim = next(p for p in procs if p.pid == pid)
+        os.kill(victim.pid, signal.SIGKILL)  # no clean release: the lease has to expire (2 s)
+        killed_at = time.time()
+        victim.join(10)
+        _wait_for(lambda: len({h for h, _ in _ticks(log_path)}) == 2, 30)
+        ticks = _ticks(log_path)
+        last_of_leader = max(t for h, t in ticks if h == leader)
+        follower = [t for h, t in ticks if h != leader]
+        assert min(follower) > last_of_leader, "never both at once"
+        assert min(follower) - killed_at >= 1.0, "the follower waited for the lease to expire"
+        assert min(follower) - killed_at < 10.0, "and took over soon after"
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
+            proc.join(10)
 
 
 def test_second_process_does_nothing_while_the_first_holds_the_lease(app, session, tmp_path):
@@ -106,13 +138,14 @@ def test_second_process_does_nothing_while_the_first_holds_the_lease(app, sessio
     engine = get_state().db.engine
     leases.acquire(engine, SCHEDULER_LEASE, "someone-else", 60)
     url = str(engine.url.render_as_string(hide_password=False))
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_scheduler_process, args=(url, FERNET_KEY, str(tmp_path), 2.0, queue))
+    log_path = tmp_path / "ticks.log"
+    proc = multiprocessing.get_context("fork").Process(
+        target=_scheduler_process, args=(url, FERNET_KEY, str(tmp_path), str(log_path), 2.0)
+    )
     proc.start()
-    _holder, ticks = queue.get(timeout=60)
-    proc.join(10)
-    assert ticks == 0
+    proc.join(60)
+    assert proc.exitcode == 0
+    assert _ticks(log_path) == []
     assert session.scalar(select(Lease.holder).where(Lease.name == SCHEDULER_LEASE)) == "someone-else"
 
 
@@ -214,7 +247,9 @@ def test_one_campaign_is_never_run_twice_in_one_process(app, session, world, exe
 def test_quota_paused_campaign_resumes_after_the_provider_day_rolls_over(
     app, session, workspace, sim, executor
 ):
-    world = build_world(session, workspace.id, sim, contacts=30, quota=12)
+    world = build_world(session, workspace.id, sim, contacts=30, quota=40)
+    # today's quota was used elsewhere (the provider's console, another tool): 40 of 40
+    sim.simulator.set_account(world.api_user, used=40)
     campaign = add_campaign(session, world, send_at=utcnow())
     report = tick(app, executor=executor)
     assert report.started == [campaign.id]
@@ -222,26 +257,45 @@ def test_quota_paused_campaign_resumes_after_the_provider_day_rolls_over(
     session.expire_all()
     paused = session.get(Campaign, campaign.id)
     assert (paused.status, paused.pause_reason) == (lifecycle.PAUSED, "quota")
-    first_day = world.recipients_seen(sim)
-    assert 0 < len(first_day) <= 12
-    # still the same day: a tick syncs, sees no room, and the campaign stays paused
-    later = tick(app, executor=executor)
-    assert later.resumed == []
-    # the provider's day rolls over; the sync shows room again and the tick resumes the campaign
+    assert world.recipients_seen(sim) == []
+    # same day: the tick's sync still shows no room and the campaign stays paused
+    _sync_due_now(session, campaign.id)
+    again = tick(app, executor=executor)
+    assert again.synced
+    assert again.resumed == []
+    session.expire_all()
+    assert session.get(Campaign, campaign.id).status == lifecycle.PAUSED
+    # the provider's day rolls over: the next sync shows room and the tick resumes the campaign
     sim.simulator.roll_day()
-    session.execute(Lease.__table__.delete())  # the next sync is due now (not in quota_sync_minutes)
-    session.execute(
-        Campaign.__table__.update().where(Campaign.id == campaign.id).values(retry_at=None)
-    )  # as if the retry time (provider midnight) had come
-    session.commit()
+    _as_if_midnight_passed(session)
+    _sync_due_now(session, campaign.id)
     resumed = tick(app, executor=executor)
     assert resumed.synced
     assert resumed.resumed == [campaign.id]
     assert executor.wait_idle(60)
     session.expire_all()
-    seen = world.recipients_seen(sim)
-    assert len(first_day) < len(seen) <= 24, "the second day sent more, within its quota"
-    assert len(set(seen)) == len(seen), "nobody twice"
+    assert session.get(Campaign, campaign.id).status == lifecycle.COMPLETED
+    assert sorted(world.recipients_seen(sim)) == sorted(world.emails), "everyone once, nobody twice"
+
+
+def _as_if_midnight_passed(session) -> None:
+    """Today's quota ledgers become yesterday's, which is what the database holds once the
+    provider's midnight (Asia/Shanghai) has passed: the runner's gate keys ledgers by that day."""
+    from plugin.models import QuotaLedger
+
+    for ledger in session.scalars(select(QuotaLedger)).all():
+        ledger.day = ledger.day - dt.timedelta(days=1)
+    session.commit()
+
+
+def _sync_due_now(session, campaign_id: int) -> None:
+    """Make the next tick sync now (not quota_sync_minutes later) and treat the pause's retry
+    time (the provider's midnight) as come."""
+    from plugin.scheduler import QUOTA_SYNC_LEASE
+
+    session.execute(Lease.__table__.delete().where(Lease.name == QUOTA_SYNC_LEASE))
+    session.execute(Campaign.__table__.update().where(Campaign.id == campaign_id).values(retry_at=None))
+    session.commit()
 
 
 def test_scheduler_starts_a_timed_campaign_within_a_second(app, session, world, sim):
