@@ -499,6 +499,11 @@ def send_command(campaign_id: int) -> None:
     status = session.execute(select(Campaign.status).where(Campaign.id == campaign_id)).scalar()
     if status is None:
         raise click.ClickException(f"no campaign {campaign_id}")
+    if status in lifecycle.FINAL or status == lifecycle.PAUSED:
+        raise click.ClickException(
+            f"campaign {campaign_id} is {status}: nothing to send"
+            + (" (resume it first)" if status == lifecycle.PAUSED else "")
+        )
     if status in (lifecycle.DRAFT, lifecycle.SCHEDULED, lifecycle.MISSED, lifecycle.AWAITING_APPROVAL):
         try:
             runner.start(session, campaign_id, runner.context_from_app(app))
@@ -506,7 +511,9 @@ def send_command(campaign_id: int) -> None:
             session.rollback()
             raise click.ClickException(str(exc)) from exc
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     worker = worker_identity("cli")
     beat = Heartbeat(state.db.engine, worker)
     beat.add(campaign_id)
@@ -518,6 +525,8 @@ def send_command(campaign_id: int) -> None:
     finally:
         beat.remove(campaign_id)
         beat.stop()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     session.expire_all()
     campaign = session.get(Campaign, campaign_id)
     click.echo(

@@ -253,7 +253,6 @@ def make_celery(app: Flask | None = None, *, app_factory: Callable[[], Flask] | 
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         broker_connection_retry_on_startup=True,
-        worker_hijack_root_logger=False,
     )
     from celery.signals import worker_shutting_down
 
