@@ -15,7 +15,22 @@ from plugin.sandbox.smtp_sink import SmtpSink, _Handler
 from tests.conftest import free_port
 from tests.test_smtp_provider import PASSWORD, USER, authenticator, certs, server_tls_context
 
-__all__ = ["PASSWORD", "USER", "certs", "tls_sink"]
+__all__ = ["PASSWORD", "USER", "GreylistOnce", "certs", "tls_sink"]
+
+
+class GreylistOnce(_Handler):
+    """Answers 451 to the first RCPT of each address, then accepts it (greylisting)."""
+
+    def __init__(self, sink: SmtpSink) -> None:
+        super().__init__(sink)
+        self.seen: set[str] = set()
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address not in self.seen:
+            self.seen.add(address)
+            return "451 4.7.1 Greylisted, try again later"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
 
 @pytest.fixture
@@ -25,10 +40,10 @@ def tls_sink(certs, monkeypatch):
     monkeypatch.delenv("SSL_CERT_DIR", raising=False)
     running: list[Controller] = []
 
-    def start() -> SmtpSink:
+    def start(handler_class: type[_Handler] = _Handler) -> SmtpSink:
         sink = SmtpSink(port=free_port())
         controller = Controller(
-            _Handler(sink),
+            handler_class(sink),
             hostname="127.0.0.1",
             port=sink.port,
             ready_timeout=10,

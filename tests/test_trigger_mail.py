@@ -405,6 +405,18 @@ def test_smtp_account_with_starttls_and_auth_sends_once_per_key(
     assert PASSWORD not in caplog.text
 
 
+def test_an_smtp_4xx_is_retried_and_the_mail_goes_out_once(
+    session, workspace, smtp_account, tls_sink, ctx, slept
+):
+    sink = tls_sink(smtp_tls.GreylistOnce)
+    account = smtp_account(sink.port)
+    mail = _send(session, workspace, ctx, subject="Greylisted", html="<p>x</p>", account_id=account.id)
+    assert mail.status == "sent"
+    assert mail.attempts == 2
+    assert slept == [0.2]
+    assert [m.subject for m in sink.messages()] == ["Greylisted"]
+
+
 def test_smtp_daily_limit_is_the_gate(session, workspace, smtp_account, tls_sink, ctx):
     sink = tls_sink()
     account = smtp_account(sink.port, daily_limit=1)
