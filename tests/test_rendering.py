@@ -277,3 +277,32 @@ def test_placeholder_names_are_sendcloud_safe():
     assert all(name.replace("_", "").isalnum() and name.isascii() for name in content.placeholders)
     assert len(set(content.placeholders.values())) == len(content.placeholders)
     assert rendering.apply_values("%a% %b% %c%", {"a": "1", "b": "2"}) == "1 2 %c%"
+
+
+# --------------------------------------------------------------------------- tracking tokens
+
+
+def test_unsubscribe_tokens_are_signed_per_purpose(app):
+    from plugin import tracking
+    from plugin.errors import InvalidInput
+    from plugin.extension import get_state
+
+    settings = get_state().settings
+    url = tracking.unsubscribe_url(settings, 3, 12345)
+    prefix = f"{settings.public_base_url}{settings.public_url_prefix}/u/"
+    assert url.startswith(prefix)
+    token = url[len(prefix) :]
+    assert tracking.read_unsubscribe(settings, token) == (3, 12345)
+    assert tracking.read_token(settings.token_secret, "unsubscribe", token) == {"w": 3, "r": 12345}
+    with pytest.raises(InvalidInput):
+        tracking.read_token(settings.token_secret, "click", token)  # another purpose, another salt
+    with pytest.raises(InvalidInput):
+        tracking.read_token("another secret", "unsubscribe", token)
+    with pytest.raises(InvalidInput):
+        tracking.read_unsubscribe(settings, token[:-2] + ("A" if token[-2] != "A" else "B") + token[-1])
+    click = tracking.make_token(settings.token_secret, "click", {"r": 1, "l": 2})
+    time.sleep(1.1)
+    with pytest.raises(InvalidInput, match="expired"):
+        tracking.read_token(settings.token_secret, "click", click, max_age=0)
+    with pytest.raises(ValueError, match="purpose"):
+        tracking.make_token(settings.token_secret, "admin", {})

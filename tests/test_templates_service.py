@@ -529,3 +529,37 @@ def test_sendtemplate_refuses_unapproved_templates(sim):
     finally:
         provider.close()
     assert caught.value.status_code == 40824
+
+
+def test_simulator_template_rules_over_http(sim):
+    from plugin.providers.sendcloud import SendCloudClient
+
+    client = SendCloudClient(BATCH_USER, BATCH_KEY, base_url=sim.url)
+    try:
+        info = client.template_add("t_1", name="One", subject="s", html="<p>x</p>", submit=False)
+        assert info.state == "not_submitted"
+        with pytest.raises(ProviderError) as caught:
+            client.template_add("t_1", name="Again", subject="s", html="<p>x</p>")
+        assert caught.value.status_code == 40220
+        with pytest.raises(ProviderError) as caught:
+            client.template_submit("t_1", cancel=True)
+        assert caught.value.status_code == 40229
+        client.template_submit("t_1")
+        assert client.template_get("t_1").state == "pending"
+        for call, code in (
+            (lambda: client.template_submit("t_1"), 40226),
+            (lambda: client.template_update("t_1", name="x", subject="s", html="<p>y</p>"), 40223),
+            (lambda: client.template_get("missing"), 40216),
+            (lambda: client.template_add("bad name!", name="x", subject="s", html="<p>x</p>"), 40202),
+        ):
+            with pytest.raises(ProviderError) as caught:
+                call()
+            assert caught.value.status_code == code
+        sim.review_template(BATCH_USER, "t_1", approve=True)
+        with pytest.raises(ProviderError) as caught:
+            client.template_submit("t_1")
+        assert caught.value.status_code == 40227
+        assert [t.invoke_name for t in client.template_list(template_type="batch")] == ["t_1"]
+        assert client.template_list(template_type="trigger") == []
+    finally:
+        client.close()
