@@ -1,0 +1,257 @@
+"""Dispatch benchmark: recipients per second through the real runner to the SendCloud simulator.
+
+Subject: a campaign of N recipients (quick and full: 100,000, as the issue says) started and run
+by ``plugin.campaigns.runner`` exactly as a worker does (``context_from_app`` on the demo app,
+``start`` then ``run_campaign``), against the simulator in its own process on loopback.
+
+Floor, in the same run and against the same simulator: a bare loop posting the same
+100-recipient ``mail/send`` requests (parameters built beforehand with the plugin's own
+``compile_content``, ``recipient_values`` and ``build_send_params``) over one keep-alive
+``requests.Session``.  The floor is measured before and after the engine and the faster of the
+two is kept (the conservative choice for the ratio).
+
+Target (issue 5, item 8): engine / floor >= 0.5 and >= 5,000 recipients/s.  The simulator's own
+CPU time is printed: when it is close to the floor's wall time, the simulator is the ceiling of
+both numbers, not the client.
+
+    python -m bench.dispatch --profile quick [--db postgres] [--workers 2] [--profile-engine out.prof]
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import threading
+import time
+from typing import Any
+
+import requests
+
+from . import harness
+
+TARGET_RATIO = 0.5
+TARGET_RATE = 5_000.0
+API_KEY = "bench-key-0123456789abcdef"
+PROFILES = {"quick": 100_000, "full": 100_000}
+
+
+def floor_batches(session, app, workspace_id: int, sender, template, contacts: list[Any]) -> list[dict]:
+    """Form bodies of every 100-recipient batch, built as the runner builds them (before timing)."""
+    from plugin import tracking
+    from plugin.campaigns import rendering
+    from plugin.providers.base import BatchMessage, Recipient
+    from plugin.providers.sendcloud import build_send_params
+
+    settings = app.extensions["marketing"].settings
+    content = rendering.compile_content(
+        template,
+        sender=sender,
+        company_name=sender.company_name,
+        postal_address=sender.postal_address,
+        tracking=True,
+    )
+    now = dt.datetime.now(dt.UTC)
+    rng = random.Random(1)
+    bodies = []
+    for start in range(0, len(contacts), 100):
+        chunk = contacts[start : start + 100]
+        recipients = [
+            Recipient(
+                email=c.email,
+                variables=rendering.recipient_values(
+                    content,
+                    c,
+                    email=c.email,
+                    unsubscribe_url=tracking.unsubscribe_url(settings, workspace_id, c.id),
+                    now=now,
+                    rng=rng,
+                ),
+            )
+            for c in chunk
+        ]
+        message = BatchMessage(
+            from_address=sender.from_address,
+            from_name=sender.from_name,
+            subject=content.subject,
+            html=content.html,
+            text=content.text or None,
+            recipients=recipients,
+            idempotency_key=f"floor-{start // 100}",
+            reply_to=sender.reply_to,
+            headers={"SC-Custom-campaign": "1", "SC-Custom-batch": str(start // 100)},
+            label=None,
+            kind="batch",
+        )
+        bodies.append(build_send_params(message))
+    return bodies
+
+
+def run_floor(sim: harness.SimulatorProcess, api_user: str, bodies: list[dict], run: int) -> float:
+    """Post every body over one keep-alive session; returns recipients per second (and prints
+    how much of the wall time the simulator spent on CPU: near 100 % means it is the ceiling)."""
+    session = requests.Session()
+    forms = []
+    for i, params in enumerate(bodies):
+        data = {"apiUser": api_user, "apiKey": API_KEY}
+        for key, value in params.items():
+            if value is None:
+                continue
+            data[key] = ("true" if value else "false") if isinstance(value, bool) else str(value)
+        data["sendRequestId"] = f"floor-r{run}-{i}"
+        forms.append(data)
+    recipients = 0
+    sim_cpu = sim.cpu_seconds()
+    with harness.Stopwatch() as watch:
+        for data in forms:
+            response = session.post(f"{sim.url}/mail/send", data=data, timeout=30)
+            body = response.json()
+            if body.get("result") is not True:
+                raise RuntimeError(f"the simulator refused a floor batch: {body}")
+            recipients += len(body["info"]["emailIdList"])
+    session.close()
+    sim_cpu = sim.cpu_seconds() - sim_cpu
+    rate = recipients / watch.seconds
+    print(
+        f"   floor run {run}: {rate:,.0f} recipients/s; simulator CPU {sim_cpu:.1f} s of "
+        f"{watch.seconds:.1f} s wall ({100 * sim_cpu / watch.seconds:.0f} %), "
+        f"{1000 * sim_cpu / len(forms):.1f} ms per call"
+    )
+    return rate
+
+
+def _contacts(session, workspace_id: int, n: int) -> list[Any]:
+    from plugin.directory import ContactRecord
+    from plugin.models import Contact
+
+    rows = session.execute(
+        Contact.__table__.select().where(Contact.workspace_id == workspace_id).order_by(Contact.id).limit(n)
+    ).all()
+    return [
+        ContactRecord(
+            id=r.id,
+            email=r.email,
+            name=r.name,
+            company=r.company,
+            country=r.country,
+            owner_id=r.owner_id,
+            custom=r.custom or {},
+        )
+        for r in rows
+    ]
+
+
+def run_engine(app, campaign_id: int, workers: int, profile_to: str | None) -> str:
+    """``run_campaign`` in ``workers`` threads, each with its own app context, session and context."""
+    from plugin.campaigns import runner
+    from plugin.demo.models import db
+
+    outcomes: list[str] = []
+
+    def work() -> None:
+        with app.app_context():
+            ctx = runner.context_from_app(app)
+            try:
+                outcomes.append(runner.run_campaign(db.session, campaign_id, ctx))
+            finally:
+                ctx.close()
+                db.session.remove()
+
+    if workers == 1 and profile_to:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.runcall(work)
+        profiler.dump_stats(profile_to)
+    elif workers == 1:
+        work()
+    else:
+        threads = [threading.Thread(target=work) for _ in range(workers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    return ",".join(sorted(set(outcomes)))
+
+
+def main() -> int:
+    p = harness.parser(__doc__.split("\n\n")[0])
+    p.add_argument("--workers", type=int, default=1, help="runner threads sharing the campaign")
+    p.add_argument("--profile-engine", metavar="FILE", help="cProfile the engine run (1 worker) to FILE")
+    args = p.parse_args()
+    n = args.n or PROFILES[args.profile]
+
+    from plugin.access import ensure_workspace
+    from plugin.campaigns import runner
+    from plugin.demo.models import db
+    from plugin.models import Campaign
+
+    harness.header("dispatch", recipients=n, db=args.db, workers=args.workers, profile=args.profile)
+    with harness.SimulatorProcess() as sim, harness.bench_database(args.db) as database:
+        sim.add_account("bench_engine", API_KEY)
+        sim.add_account("bench_floor", API_KEY)
+        app = harness.bench_app(database.url, MARKETING_SENDCLOUD_API_BASE=sim.url)
+        with app.app_context():
+            session = db.session
+            ws = ensure_workspace(session, "default")
+            session.commit()
+            with harness.Stopwatch() as setup:
+                tag_id = harness.bulk_contacts(session, ws.id, n)
+            sender, template = harness.sender_and_template(session, ws.id)
+            account = harness.sendcloud_account(session, ws.id, "bench_engine", API_KEY)
+            campaign = harness.campaign(
+                session, ws.id, account=account, sender=sender, template=template, tag_id=tag_id
+            )
+            print(f"   {n:,} contacts inserted in {setup.seconds:.1f} s")
+            bodies = floor_batches(session, app, ws.id, sender, template, _contacts(session, ws.id, n))
+            floor_1 = run_floor(sim, "bench_floor", bodies, 1)
+
+            ctx = runner.context_from_app(app)
+            with harness.Stopwatch() as freeze:
+                runner.start(session, campaign.id, ctx)
+            ctx.close()
+            session.remove()
+            sim_cpu_before = sim.cpu_seconds()
+            with harness.count_sql(db.engine) as sql, harness.Stopwatch() as engine:
+                cpu_before = time.process_time()
+                outcome = run_engine(app, campaign.id, args.workers, args.profile_engine)
+                engine_cpu = time.process_time() - cpu_before
+            sim_cpu = sim.cpu_seconds() - sim_cpu_before
+            floor_2 = run_floor(sim, "bench_floor", bodies, 2)
+
+            stats = sim.stats("bench_engine")
+            done = db.session.get(Campaign, campaign.id)
+            sent, status = done.sent, done.status
+        floor = max(floor_1, floor_2)
+        rate = stats["mails"] / engine.seconds
+        ratio = rate / floor
+        print(f"   freeze (runner.start): {freeze.seconds:.2f} s")
+        print(
+            f"   engine: {stats['mails']:,} recipients in {engine.seconds:.2f} s = {rate:,.0f} recipients/s "
+            f"({stats['calls']} calls; outcome {outcome}, campaign {status}, sent {sent:,})"
+        )
+        print(
+            f"   simulator CPU during the engine run: {sim_cpu:.1f} s of {engine.seconds:.1f} s wall "
+            f"({100 * sim_cpu / engine.seconds:.0f} %)"
+        )
+        batches = max(1, stats["calls"])
+        print(
+            f"   per batch: {1000 * engine.seconds / batches:.1f} ms wall, engine CPU "
+            f"{1000 * engine_cpu / batches:.1f} ms, simulator CPU {1000 * sim_cpu / batches:.1f} ms, "
+            f"{sql.statements / batches:.1f} SQL statements, {sql.commits / batches:.1f} commits"
+        )
+        print(f"   floor (bare keep-alive loop, best of 2): {floor:,.0f} recipients/s")
+        print(f"   efficiency engine/floor: {ratio:.2f}")
+        ok = harness.verdict(
+            {
+                f"efficiency {ratio:.2f} >= {TARGET_RATIO}": ratio >= TARGET_RATIO,
+                f"rate {rate:,.0f}/s >= {TARGET_RATE:,.0f}/s": rate >= TARGET_RATE,
+                f"simulator saw each of {n:,} recipients once ({stats['mails']:,} mails, "
+                f"{stats['unique']:,} distinct)": stats["mails"] == stats["unique"] == n,
+                f"campaign completed ({status})": status == "completed" and sent == n,
+            }
+        )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

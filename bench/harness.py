@@ -1,0 +1,464 @@
+"""Shared pieces of the dispatch, SMTP and memory benchmarks.
+
+What lives here and why:
+
+* **A real app on a throw-away database.** ``bench_database`` makes a temporary SQLite file or
+  its own PostgreSQL database (created and dropped here), migrated with the plugin's Alembic
+  history exactly as the tests do, and ``bench_app`` builds the demo CRM app on it, so the
+  runner reads the same settings, secrets and directory as in production.
+* **Fast fixtures.** 1,000,000 contacts through the ORM would take minutes and measure nothing
+  we care about: contacts and their tag go in with one ``executemany`` transaction on SQLite
+  and ``COPY`` on PostgreSQL.
+* **The simulator in another process** (``bench.simserver``), started and stopped here.
+* **One report format**: engine, floor, ratio, absolute rate, PASS/FAIL, printed the same way by
+  every benchmark so the numbers can be pasted into a closing note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import requests
+import sqlalchemy as sa
+
+PG_ADMIN_URL = os.environ.get("BENCH_PG_URL") or os.environ.get(
+    "MARKETING_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+PROFILES = {"quick": 100_000, "full": 1_000_000}
+
+#: A typical 3 KB newsletter: greeting, company line, a few offers with links, date; the plugin
+#: adds the unsubscribe link and the postal address footer.  Variables in the notations users know.
+NEWSLETTER_SUBJECT = "{name|Friend}, our June offers for {company|your team}"
+NEWSLETTER_HTML = (
+    """<!doctype html><html><head><style>
+body{font-family:Arial,sans-serif;color:#222;margin:0;padding:0}
+.wrap{max-width:600px;margin:0 auto;padding:24px}
+h1{font-size:22px;color:#0b5cab}.offer{border:1px solid #ddd;border-radius:6px;padding:12px;margin:12px 0}
+.btn{display:inline-block;background:#0b5cab;color:#fff;padding:8px 16px;border-radius:4px;
+text-decoration:none}
+.muted{color:#888;font-size:12px}
+</style></head><body><div class="wrap">
+<h1>Hello {name|Friend},</h1>
+<p>Thank you for being a customer of ours. Here is what is new for {company|your company} in
+{country|your country} this month ({date}).</p>
+"""
+    + "".join(
+        f"""<div class="offer"><h2>Offer {i}: save {5 * i}% on plan {i}</h2>
+<p>Upgrade before the end of the month and keep the price for a full year. Your account
+{{email}} is eligible; quote reference {{random_number}} when you call us.</p>
+<a class="btn" href="https://shop.example.com/offers/{i}?utm_source=newsletter">See offer {i}</a></div>
+"""
+        for i in range(1, 7)
+    )
+    + """<p class="muted">You receive this mail because {email} subscribed to our news.</p>
+</div></body></html>"""
+)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--profile", choices=sorted(PROFILES), default="quick")
+    p.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite")
+    p.add_argument("-n", type=int, default=None, help="recipients (overrides the profile)")
+    return p
+
+
+# --------------------------------------------------------------------------- database and app
+
+
+@dataclasses.dataclass
+class BenchDatabase:
+    url: str
+    kind: str
+    _cleanup: Any = None
+
+    def close(self) -> None:
+        if self._cleanup is not None:
+            self._cleanup()
+            self._cleanup = None
+
+
+@contextlib.contextmanager
+def bench_database(kind: str) -> Iterator[BenchDatabase]:
+    """A fresh, migrated database of this run's own; removed afterwards."""
+    from plugin import migrate
+    from plugin.demo.app import create_app
+    from plugin.demo.models import db
+
+    folder = tempfile.TemporaryDirectory(prefix="mkt-bench-")
+    if kind == "postgres":
+        name = f"mkt_bench_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+
+        def drop() -> None:
+            with admin.connect() as conn:
+                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            admin.dispose()
+            folder.cleanup()
+
+        database = BenchDatabase(url, kind, drop)
+    else:
+        url = f"sqlite:///{Path(folder.name) / 'bench.sqlite'}"
+        database = BenchDatabase(url, kind, folder.cleanup)
+    try:
+        app = create_app(app_config(url, folder.name))
+        with app.app_context():
+            db.create_all()
+            migrate.upgrade(db.engine)
+            db.engine.dispose()
+        yield database
+    finally:
+        database.close()
+
+
+def app_config(url: str, instance: str, **extra: Any) -> dict[str, Any]:
+    from cryptography.fernet import Fernet
+
+    os.environ.setdefault("CRM_INSTANCE_PATH", instance)
+    return {
+        "SECRET_KEY": "bench-secret-key",
+        "MARKETING_SECRET_KEYS": [Fernet.generate_key().decode()],
+        "SQLALCHEMY_DATABASE_URI": url,
+        "MARKETING_PUBLIC_BASE_URL": "https://crm.example.com",
+        **extra,
+    }
+
+
+def bench_app(url: str, **config: Any):
+    """The demo CRM app on ``url`` (secret keys fixed for the run; instance folder temporary)."""
+    from plugin.demo.app import create_app
+
+    instance = os.environ.get("CRM_INSTANCE_PATH") or tempfile.mkdtemp(prefix="mkt-bench-instance-")
+    return create_app(app_config(url, instance, **config))
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+def bulk_contacts(session, workspace_id: int, n: int, *, tag: str = "bench") -> int:
+    """``n`` contacts ``user<i>@example<i%50>.com`` with a name and company, all tagged ``tag``.
+
+    One transaction: ``executemany`` on SQLite, ``COPY`` on PostgreSQL.  Returns the tag id.
+    """
+    from plugin.models import Contact, ContactTag, Tag
+
+    tag_row = Tag(workspace_id=workspace_id, name=tag)
+    session.add(tag_row)
+    session.commit()
+    tag_id = tag_row.id
+    now = dt.datetime.now(dt.UTC)
+    conn = session.connection()
+    if conn.dialect.name == "postgresql":
+        raw = conn.connection.driver_connection
+        with raw.cursor() as cur:
+            with cur.copy(
+                "COPY marketing_contacts (workspace_id, email, email_domain, email_local, name, company, "
+                "country, custom, created_at, updated_at) FROM STDIN"
+            ) as copy:
+                for i in range(n):
+                    domain = f"example{i % 50}.com"
+                    copy.write_row(
+                        (
+                            workspace_id,
+                            f"user{i}@{domain}",
+                            domain,
+                            f"user{i}",
+                            f"Name {i}",
+                            f"Company {i % 997}",
+                            "China",
+                            "{}",
+                            now,
+                            now,
+                        )
+                    )
+            cur.execute(
+                "INSERT INTO marketing_contact_tags (contact_id, tag_id) "
+                "SELECT id, %s FROM marketing_contacts WHERE workspace_id = %s",
+                (tag_id, workspace_id),
+            )
+        session.commit()
+        session.execute(sa.text("ANALYZE"))
+        session.commit()
+        return tag_id
+    naive = now.replace(tzinfo=None)
+    table, tags = Contact.__table__, ContactTag.__table__
+    step = 50_000
+    for start in range(0, n, step):
+        rows = []
+        for i in range(start, min(n, start + step)):
+            domain = f"example{i % 50}.com"
+            rows.append(
+                {
+                    "workspace_id": workspace_id,
+                    "email": f"user{i}@{domain}",
+                    "email_domain": domain,
+                    "email_local": f"user{i}",
+                    "name": f"Name {i}",
+                    "company": f"Company {i % 997}",
+                    "country": "China",
+                    "custom": {},
+                    "created_at": naive.replace(tzinfo=dt.UTC),
+                    "updated_at": naive.replace(tzinfo=dt.UTC),
+                }
+            )
+        conn.execute(table.insert(), rows)
+    conn.execute(
+        tags.insert().from_select(
+            ["contact_id", "tag_id"],
+            sa.select(table.c.id, sa.literal(tag_id)).where(table.c.workspace_id == workspace_id),
+        )
+    )
+    session.commit()
+    session.execute(sa.text("ANALYZE"))
+    session.commit()
+    return tag_id
+
+
+def sender_and_template(session, workspace_id: int):
+    from plugin.models import Sender, Template
+
+    sender = Sender(
+        workspace_id=workspace_id,
+        from_address="news@mail.example.com",
+        from_name="Example News",
+        reply_to="reply@example.com",
+        company_name="Example Ltd",
+        postal_address="1 Example Road, Shanghai",
+        is_default=True,
+    )
+    template = Template(
+        workspace_id=workspace_id, name="Bench newsletter", subject=NEWSLETTER_SUBJECT, html=NEWSLETTER_HTML
+    )
+    session.add_all([sender, template])
+    session.commit()
+    return sender, template
+
+
+def sendcloud_account(session, workspace_id: int, api_user: str, api_key: str):
+    from plugin.extension import get_state
+    from plugin.models import ProviderAccount
+
+    secrets = get_state().secrets
+    account = ProviderAccount(
+        workspace_id=workspace_id,
+        kind="sendcloud",
+        name="SendCloud",
+        api_user=api_user,
+        api_key_encrypted=secrets.encrypt(api_key),
+        batch_api_user=api_user,
+        batch_api_key_encrypted=secrets.encrypt(api_key),
+    )
+    session.add(account)
+    session.commit()
+    return account
+
+
+def smtp_account(session, workspace_id: int, host: str, port: int):
+    from plugin.models import ProviderAccount
+
+    account = ProviderAccount(
+        workspace_id=workspace_id,
+        kind="smtp",
+        name="Mailbox",
+        smtp_host=host,
+        smtp_port=port,
+        smtp_security="none",
+        from_address="news@mail.example.com",
+        send_rate=0,
+    )
+    session.add(account)
+    session.commit()
+    return account
+
+
+def campaign(session, workspace_id: int, *, account, sender, template, tag_id: int, tracking: bool = True):
+    from plugin.models import Campaign
+
+    row = Campaign(
+        workspace_id=workspace_id,
+        name="Bench campaign",
+        status="scheduled",
+        account_id=account.id,
+        audience={"include_tags": [tag_id], "include_views": [], "exclude_tags": [], "exclude_views": []},
+        template_ids=[template.id],
+        sender_ids=[sender.id],
+        send_rate=0,
+        tracking=tracking,
+    )
+    session.add(row)
+    session.commit()
+    return row
+
+
+# --------------------------------------------------------------------------- simulator process
+
+
+class SimulatorProcess:
+    """``bench.simserver`` in a child process; ``url`` for the client, ``stats(api_user)``."""
+
+    def __init__(self) -> None:
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.simserver"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=str(Path(__file__).resolve().parents[1]),
+        )
+        assert self._proc.stdout is not None
+        line = self._proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the simulator process did not start")
+        info = json.loads(line)
+        self.url: str = info["url"]
+        self.root: str = info["root"]
+        self.pid = self._proc.pid
+
+    def add_account(self, api_user: str, api_key: str) -> None:
+        response = requests.post(
+            f"{self.root}/_bench/account", data={"apiUser": api_user, "apiKey": api_key}, timeout=10
+        )
+        response.raise_for_status()
+
+    def stats(self, api_user: str) -> dict[str, int]:
+        response = requests.get(f"{self.root}/_bench/stats", params={"apiUser": api_user}, timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU the simulator process used so far (from /proc)."""
+        try:
+            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            return float("nan")
+
+    def stop(self) -> None:
+        if self._proc.poll() is None:
+            assert self._proc.stdin is not None
+            self._proc.stdin.close()
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+
+    def __enter__(self) -> SimulatorProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# --------------------------------------------------------------------------- measuring and reporting
+
+
+def peak_rss_mb() -> float:
+    """This process's RSS high-water mark (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+class Stopwatch:
+    def __enter__(self) -> Stopwatch:
+        self.start = time.perf_counter()
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.start
+
+
+@dataclasses.dataclass
+class SqlCount:
+    statements: int = 0
+    commits: int = 0
+
+
+@contextlib.contextmanager
+def count_sql(engine) -> Iterator[SqlCount]:
+    """Count statements and commits sent to ``engine`` inside the block (all threads)."""
+    from sqlalchemy import event
+
+    counts = SqlCount()
+
+    def on_execute(*_args: Any, **_kw: Any) -> None:
+        counts.statements += 1
+
+    def on_commit(*_args: Any) -> None:
+        counts.commits += 1
+
+    event.listen(engine, "before_cursor_execute", on_execute)
+    event.listen(engine, "commit", on_commit)
+    try:
+        yield counts
+    finally:
+        event.remove(engine, "before_cursor_execute", on_execute)
+        event.remove(engine, "commit", on_commit)
+
+
+def sqlite_synchronous_normal(engine) -> None:
+    """``PRAGMA synchronous=NORMAL`` on every new connection of ``engine`` (SQLite only).
+
+    The plugin runs SQLite in WAL mode with the default ``synchronous=FULL``: every commit waits
+    for an fsync.  With WAL, NORMAL keeps the database consistent through any crash and loses
+    nothing when a *process* dies; only an OS crash or power cut can lose the last commits.
+    Benchmarks offer it to show what the fsync per commit costs.
+    """
+    from sqlalchemy import event
+
+    if engine.dialect.name != "sqlite":
+        return
+    engine.dispose()
+
+    @event.listens_for(engine, "connect")
+    def _normal(dbapi_connection, _record) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+
+def header(name: str, **facts: Any) -> None:
+    import sqlalchemy
+
+    line = ", ".join(f"{k}={v}" for k, v in facts.items())
+    print(f"== {name}: {line}")
+    versions = f"python {platform.python_version()}, sqlalchemy {sqlalchemy.__version__}"
+    print(f"   {versions}, {os.cpu_count()} cpus, load average {os.getloadavg()[0]:.1f}")
+
+
+def verdict(checks: dict[str, bool]) -> bool:
+    ok = all(checks.values())
+    for label, passed in checks.items():
+        print(f"   {'PASS' if passed else 'FAIL'}  {label}")
+    print(f"== {'PASS' if ok else 'FAIL'}")
+    return ok

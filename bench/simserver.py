@@ -1,0 +1,94 @@
+"""The SendCloud simulator in its own process, trimmed for throughput runs.
+
+Why a separate process: on two cores, a simulator in the benchmark's process would share its GIL
+and be counted in its memory.  Why trimmed: the simulator keeps every accepted mail, every
+request and a pending "deliver" webhook job per batch; at 1,000,000 recipients that is gigabytes
+and has nothing to do with what is measured.  This subclass validates, renders and charges each
+call exactly as the real simulator does, then keeps only counters (mails and distinct
+recipients per API_USER) and drops the stored mail.  Webhooks are never emitted.
+
+Run: ``python -m bench.simserver`` prints one JSON line ``{"url": ..., "root": ...}`` and serves
+until its stdin closes.  ``POST /_bench/account`` (apiUser, apiKey) adds an account with a huge
+quota; ``GET /_bench/stats?apiUser=...`` returns ``{"mails", "unique", "calls"}``.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import threading
+from decimal import Decimal
+from typing import Any
+
+from flask import Response, request
+from werkzeug.serving import make_server
+
+from plugin.sandbox.sendcloud import DeliveredMail, SendCloudSimulator, _QuietHandler
+
+
+class CountingSimulator(SendCloudSimulator):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(deliver_delay=3600, **kwargs)
+        self._stats: dict[str, dict[str, Any]] = {}
+        self.app.add_url_rule("/_bench/account", "bench_account", self._bench_account, methods=["POST"])
+        self.app.add_url_rule("/_bench/stats", "bench_stats", self._bench_stats)
+
+    def _after_accept(
+        self, api_user: str, message_id: str, mails: list[DeliveredMail], task_id: int | None
+    ) -> None:
+        with self._lock:
+            stats = self._stats.setdefault(api_user, {"mails": 0, "seen": set(), "calls": 0})
+            stats["mails"] += len(mails)
+            stats["calls"] += 1
+            stats["seen"].update(m.recipient for m in mails)
+            self._mails.clear()
+            self._requests.clear()
+
+    def _bench_account(self) -> Response:
+        self.add_account(
+            request.form["apiUser"],
+            request.form["apiKey"],
+            quota=10**9,
+            balance=Decimal(10**9),
+        )
+        return Response("ok", mimetype="text/plain")
+
+    def _bench_stats(self) -> Response:
+        with self._lock:
+            stats = self._stats.get(request.args.get("apiUser", ""), {"mails": 0, "seen": set(), "calls": 0})
+            body = {"mails": stats["mails"], "unique": len(stats["seen"]), "calls": stats["calls"]}
+        return Response(json.dumps(body), mimetype="application/json")
+
+
+class _NoDelayHandler(_QuietHandler):
+    """Answers without Nagle's delay.
+
+    werkzeug writes the status line and headers, then the body, in two ``send`` calls; with
+    Nagle on, the body waits for the client's delayed ACK of the headers, about 40 ms on Linux,
+    on every keep-alive call.  That would make both the engine and the floor measure the TCP
+    stack's timer instead of the work (real HTTP servers set TCP_NODELAY).
+    """
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def main() -> None:
+    simulator = CountingSimulator()
+    server = make_server("127.0.0.1", 0, simulator.app, threaded=True, request_handler=_NoDelayHandler)
+    root = f"http://127.0.0.1:{server.server_port}"
+    thread = threading.Thread(target=lambda: server.serve_forever(poll_interval=0.05), daemon=True)
+    thread.start()
+    print(json.dumps({"url": f"{root}/apiv2", "root": root}), flush=True)
+    done = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
+    done.wait()
+    server.shutdown()
+    server.server_close()
+    simulator.close()
+
+
+if __name__ == "__main__":
+    main()
