@@ -135,8 +135,24 @@ def run_in_app(app: Flask, campaign_id: int, *, worker_id: str, should_stop: Cal
         ctx = runner.context_from_app(app)
         if worker_id:
             ctx.worker_id = f"{worker_id}:{threading.get_ident()}"
+        batches = 0
+        inner = ctx.on_step
+
+        def count_batches(step: str) -> None:
+            nonlocal batches
+            if step == "batch:after_send":
+                batches += 1
+            if inner is not None:
+                inner(step)
+
+        ctx.on_step = count_batches
         try:
-            return runner.run_campaign(session, campaign_id, ctx, should_stop=should_stop)
+            outcome = runner.run_campaign(session, campaign_id, ctx, should_stop=should_stop)
+            # One line per run: which worker sent how much (several may share a campaign).
+            log.info(
+                "campaign %s: %s sent %d batches here, then %s", campaign_id, ctx.worker_id, batches, outcome
+            )
+            return outcome
         except Exception:
             session.rollback()
             log.exception("campaign %s: the run stopped on an error", campaign_id)

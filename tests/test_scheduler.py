@@ -97,14 +97,15 @@ def _ticks(path) -> list[tuple[str, float]]:
 
 
 def test_two_scheduler_processes_one_ticks_and_the_other_takes_over_after_a_crash(app, session, tmp_path):
-    from tests.conftest import FERNET_KEY
-
     engine = get_state().db.engine
     url = str(engine.url.render_as_string(hide_password=False))
     log_path = tmp_path / "ticks.log"
     ctx = multiprocessing.get_context("fork")
     procs = [
-        ctx.Process(target=_scheduler_process, args=(url, FERNET_KEY, str(tmp_path), str(log_path), 60.0))
+        ctx.Process(
+            target=_scheduler_process,
+            args=(url, app.config["MARKETING_SECRET_KEYS"][0], str(tmp_path), str(log_path), 60.0),
+        )
         for _ in range(2)
     ]
     for proc in procs:
@@ -133,14 +134,13 @@ def test_two_scheduler_processes_one_ticks_and_the_other_takes_over_after_a_cras
 
 
 def test_second_process_does_nothing_while_the_first_holds_the_lease(app, session, tmp_path):
-    from tests.conftest import FERNET_KEY
-
     engine = get_state().db.engine
     leases.acquire(engine, SCHEDULER_LEASE, "someone-else", 60)
     url = str(engine.url.render_as_string(hide_password=False))
     log_path = tmp_path / "ticks.log"
     proc = multiprocessing.get_context("fork").Process(
-        target=_scheduler_process, args=(url, FERNET_KEY, str(tmp_path), str(log_path), 2.0)
+        target=_scheduler_process,
+        args=(url, app.config["MARKETING_SECRET_KEYS"][0], str(tmp_path), str(log_path), 2.0),
     )
     proc.start()
     proc.join(60)
