@@ -373,6 +373,58 @@ class _Batch:
     lease_until: dt.datetime | None
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _CampaignFacts:
+    """The campaign fields a batch reads, copied once when ``run_batch`` loads the row.
+
+    Why: every commit expires the session's ORM objects and a batch commits four times, so
+    reading ``campaign.id`` after each commit reloaded the whole row (JSON columns included):
+    three extra SELECTs per batch, and as many for the account.  These fields do not change
+    while a batch is in flight; status checks and transitions still use freshly loaded rows.
+    """
+
+    id: int
+    workspace_id: int
+    tracking: bool
+    from_name: str | None
+    reply_to: str | None
+    label: str | None
+
+    @classmethod
+    def of(cls, campaign: Campaign) -> _CampaignFacts:
+        return cls(
+            campaign.id,
+            campaign.workspace_id,
+            bool(campaign.tracking),
+            campaign.from_name,
+            campaign.reply_to,
+            campaign.label,
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _AccountFacts:
+    """The account fields a batch reads (see ``_CampaignFacts``); ``row`` builds the provider once."""
+
+    id: int
+    kind: str
+    from_address: str | None
+    row: ProviderAccount
+
+    @classmethod
+    def of(cls, account: ProviderAccount) -> _AccountFacts:
+        return cls(account.id, account.kind, account.from_address, account)
+
+
+_CampaignLike = Campaign | _CampaignFacts
+
+
+def _provider(ctx: RunContext, account: _AccountFacts) -> Provider:
+    """The context's provider for the account, without touching the (expired) ORM row when cached."""
+    provider = ctx._providers.get((account.id, "batch"))
+    return provider if provider is not None else ctx.provider(account.row, "batch")
+
+
 def run_batch(session: Session, campaign_id: int, ctx: RunContext) -> str:
     """Do one unit of work for a running campaign and say what happened (see module constants)."""
     now = ctx.clock()
@@ -387,6 +439,7 @@ def run_batch(session: Session, campaign_id: int, ctx: RunContext) -> str:
     if account is None or account.status != "active":
         _pause(session, campaign, "account", now=now)
         return BLOCKED
+    facts, account_facts = _CampaignFacts.of(campaign), _AccountFacts.of(account)
 
     batch = _take_over_stale_batch(session, campaign, account, ctx, now)
     if isinstance(batch, str):
@@ -423,13 +476,13 @@ def run_batch(session: Session, campaign_id: int, ctx: RunContext) -> str:
                 )
             return BLOCKED
         ctx.step("batch:reserved")
-        batch = _claim(session, campaign, account, grant, now, ctx)
+        batch = _claim(session, facts, account_facts, grant, now, ctx)
         if batch is None:
             quota.give_back(session, grant)
             session.commit()
             return DONE if _complete_if_finished(session, campaign, now) else IDLE
         ctx.step("batch:claimed")
-    return _send(session, campaign, account, batch, ctx, now)
+    return _send(session, facts, account_facts, batch, ctx, now)
 
 
 def _max_batch(account: ProviderAccount) -> int:
@@ -438,8 +491,8 @@ def _max_batch(account: ProviderAccount) -> int:
 
 def _claim(
     session: Session,
-    campaign: Campaign,
-    account: ProviderAccount,
+    campaign: _CampaignFacts,
+    account: _AccountFacts,
     grant: quota.Grant,
     now: dt.datetime,
     ctx: RunContext,
@@ -758,7 +811,7 @@ def _members(session: Session, batch_id: int) -> list[tuple[int, int | None, str
     ]
 
 
-def _content(session: Session, campaign: Campaign, batch: _Batch, ctx: RunContext):
+def _content(session: Session, campaign: _CampaignFacts, batch: _Batch, ctx: RunContext):
     from . import rendering
 
     key = (campaign.id, batch.template_id, batch.sender_id)
@@ -787,8 +840,8 @@ def _content(session: Session, campaign: Campaign, batch: _Batch, ctx: RunContex
 
 def _build_message(
     session: Session,
-    campaign: Campaign,
-    account: ProviderAccount,
+    campaign: _CampaignFacts,
+    account: _AccountFacts,
     batch: _Batch,
     members: Sequence[tuple[int, int | None, str, int]],
     ctx: RunContext,
@@ -798,28 +851,53 @@ def _build_message(
     from . import rendering
 
     content, sender_info = _content(session, campaign, batch, ctx)
+    if content.tracking:  # links registered and rewritten once per campaign content
+        tracked_key = ("tracked", campaign.id, batch.template_id, batch.sender_id)
+        tracked = ctx._contents.get(tracked_key)
+        if tracked is None:
+            tracked = ctx._contents[tracked_key] = tracking.tracked_content(
+                session,
+                ctx.settings,
+                workspace_id=campaign.workspace_id,
+                campaign_id=campaign.id,
+                content=content,
+            )
+        content = tracked
     contact_ids = [m[1] for m in members if m[1] is not None]
     contacts: dict[int, Any] = {}
     if contact_ids:
         ids_select = _literal_ids(contact_ids)
+        wanted = len(set(contact_ids))
         for chunk in ctx.directory.contacts(
             session, campaign.workspace_id, ids_select, chunk=len(contact_ids)
         ):
             for record in chunk:
                 contacts[record.id] = record
+            if len(contacts) >= wanted:
+                break  # all found: spare the directory's final empty query
     from_address = sender_info["from_address"] or account.from_address or ""
     domain = from_address.rpartition("@")[2] or "localhost"
     rng = random.Random(batch.id)
     recipients = []
+    public = tracking.public_base(ctx.settings)
     for recipient_id, contact_id, email, _attempts in members:
+        unsubscribe = tracking.unsubscribe_token(ctx.settings, campaign.workspace_id, recipient_id)
         values = rendering.recipient_values(
             content,
             contacts.get(contact_id) if contact_id is not None else None,
             email=email,
-            unsubscribe_url=tracking.unsubscribe_url(ctx.settings, campaign.workspace_id, recipient_id),
+            unsubscribe_url=f"{public}/u/{unsubscribe}",
             now=now,
             rng=rng,
         )
+        values[tracking.UNSUBSCRIBE_PLACEHOLDER] = unsubscribe
+        if content.tracking:
+            values[rendering.OPEN_PLACEHOLDER] = tracking.open_token(
+                ctx.settings, campaign.workspace_id, recipient_id
+            )
+            values[rendering.CLICK_PLACEHOLDER] = tracking.click_token(
+                ctx.settings, campaign.workspace_id, recipient_id
+            )
         message_id = f"<mkt.{campaign.id}.{recipient_id}@{domain}>" if account.kind == "smtp" else None
         recipients.append(Recipient(email=email, variables=values, message_id=message_id))
     extra: dict[str, Any] = {}
@@ -838,7 +916,16 @@ def _build_message(
         recipients=recipients,
         idempotency_key=batch.key,
         reply_to=campaign.reply_to or sender_info["reply_to"] or None,
-        headers={"SC-Custom-campaign": str(campaign.id), "SC-Custom-batch": str(batch.id)},
+        headers={
+            "SC-Custom-campaign": str(campaign.id),
+            "SC-Custom-batch": str(batch.id),
+            # RFC 8058 one-click + mailto; the provider fills each recipient's token
+            **tracking.list_unsubscribe_headers(
+                ctx.settings,
+                campaign.reply_to or sender_info["reply_to"] or from_address,
+                tracking.UNSUBSCRIBE_PLACEHOLDER,
+            ),
+        },
         label=campaign.label or None,
         kind="batch",
         **extra,
@@ -853,8 +940,8 @@ def _literal_ids(ids: Sequence[int]):
 
 def _send(
     session: Session,
-    campaign: Campaign,
-    account: ProviderAccount,
+    campaign: _CampaignFacts,
+    account: _AccountFacts,
     batch: _Batch,
     ctx: RunContext,
     now: dt.datetime,
@@ -885,7 +972,7 @@ def _send(
     ctx.step("batch:before_send")
     if account.kind == "smtp":
         return _send_smtp(session, campaign, account, batch, members, message, ctx, now)
-    provider = ctx.provider(account, "batch")
+    provider = _provider(ctx, account)
     try:
         results = provider.send_batch(message)
     except DuplicateRequest:
@@ -914,13 +1001,15 @@ def _send(
 
 def _record(
     session: Session,
-    campaign: Campaign,
+    campaign: _CampaignLike,
     batch: _Batch,
     members: Sequence[tuple[int, int | None, str, int]],
     results: Sequence[SendResult],
     now: dt.datetime,
 ) -> None:
     """Write per-recipient results, settle the quota and count, in the caller's transaction."""
+    from .. import counters
+
     by_email: dict[str, SendResult] = {}
     for result in results:
         by_email.setdefault(result.recipient.lower(), result)
@@ -964,6 +1053,22 @@ def _record(
             updates,
         )
     assert batch.grant is not None
+    outcomes = [  # submitted = handed over with a final answer; sent = accepted
+        (member[2], row["st"] == "accepted")
+        for member, row in zip(members, updates, strict=True)
+        if row["st"] != "pending"
+    ]
+    counters.add_rows(
+        session,
+        counters.send_rows(
+            workspace_id=campaign.workspace_id,
+            campaign_id=campaign.id,
+            at=now,
+            template_id=batch.template_id,
+            sender_id=batch.sender_id,
+            outcomes=outcomes,
+        ),
+    )
     quota.settle(session, batch.grant, accepted + unknown)
     session.execute(
         update(SendBatch)
@@ -1008,8 +1113,8 @@ def _row(
 
 def _send_smtp(
     session: Session,
-    campaign: Campaign,
-    account: ProviderAccount,
+    campaign: _CampaignFacts,
+    account: _AccountFacts,
     batch: _Batch,
     members: Sequence[tuple[int, int | None, str, int]],
     message: BatchMessage,
@@ -1021,7 +1126,7 @@ def _send_smtp(
     A batch taken over after a crash had its first remaining recipient possibly in flight: that
     one is flagged ``possible_duplicate`` (it is re-sent with the same Message-ID).
     """
-    provider = ctx.provider(account, "batch")
+    provider = _provider(ctx, account)
     assert batch.grant is not None
     table = CampaignRecipient.__table__
     if batch.status == "sending" and _was_interrupted(session, batch.id):
@@ -1037,6 +1142,32 @@ def _send_smtp(
     used = 0
     lease_renewed_at = time.monotonic()
     by_email = {r.email: r for r in message.recipients}
+    # Built once per batch, executed per recipient: constructing and cache-keying four Core
+    # statements per mail cost as much as the SMTP round trips (statements differ only in values).
+    rid = table.c.id == bindparam("rid")
+    record_final = (
+        table.update()
+        .where(rid)
+        .values(
+            status=bindparam("st"),
+            reason=bindparam("rs"),
+            attempts=bindparam("n"),
+            provider_message_id=bindparam("mid"),
+            sent_at=bindparam("at"),
+        )
+    )
+    record_retry = (
+        table.update()
+        .where(rid)
+        .values(status="pending", reason=bindparam("rs"), attempts=bindparam("n"), batch_id=None)
+    )
+    this_campaign = update(Campaign).where(Campaign.id == campaign.id)
+    count_sent = this_campaign.values(sent=Campaign.sent + 1, consecutive_failures=0).execution_options(
+        synchronize_session=False
+    )
+    count_failed = this_campaign.values(failed=Campaign.failed + 1).execution_options(
+        synchronize_session=False
+    )
     for index, (recipient_id, _contact_id, email, attempts) in enumerate(members):
         single = dataclasses.replace(message, recipients=[by_email[email]])
         try:
@@ -1054,28 +1185,21 @@ def _send_smtp(
         if status == "accepted" or status == "unknown":
             used += 1
         if status == "failed" and attempts < MAX_RECIPIENT_ATTEMPTS:
-            values = {"status": "pending", "reason": result.error, "attempts": attempts, "batch_id": None}
-            counters: dict[str, Any] = {}
+            session.execute(record_retry, {"rid": recipient_id, "rs": result.error, "n": attempts})
         else:
             final = {"accepted": "accepted", "unknown": "unknown"}.get(status, "failed")
-            values = {
-                "status": final,
-                "reason": (result.error or None) and str(result.error)[:255],
-                "attempts": attempts,
-                "provider_message_id": result.provider_message_id,
-                "sent_at": sent_now if final != "failed" else None,
-            }
-            counters = {"sent": Campaign.sent + 1} if final == "accepted" else {"failed": Campaign.failed + 1}
-            if final == "accepted":
-                counters["consecutive_failures"] = 0
-        session.execute(table.update().where(table.c.id == recipient_id).values(**values))
-        if counters:
             session.execute(
-                update(Campaign)
-                .where(Campaign.id == campaign.id)
-                .values(**counters)
-                .execution_options(synchronize_session=False)
+                record_final,
+                {
+                    "rid": recipient_id,
+                    "st": final,
+                    "rs": (result.error or None) and str(result.error)[:255],
+                    "n": attempts,
+                    "mid": result.provider_message_id,
+                    "at": sent_now if final != "failed" else None,
+                },
             )
+            session.execute(count_sent if final == "accepted" else count_failed)
         session.commit()
         ctx.step("smtp:recorded")
         if time.monotonic() - lease_renewed_at > ctx.batch_lease.total_seconds() / 3:
@@ -1112,7 +1236,7 @@ def _backoff(ctx: RunContext, failures: int, *, throttled: bool) -> float:
 
 def _retry_later(
     session: Session,
-    campaign: Campaign,
+    campaign: _CampaignLike,
     batch: _Batch,
     error: str,
     ctx: RunContext,
@@ -1158,7 +1282,7 @@ def _retry_later(
 
 
 def _provider_refused_quota(
-    session: Session, campaign: Campaign, batch: _Batch, error: str, ctx: RunContext, now: dt.datetime
+    session: Session, campaign: _CampaignLike, batch: _Batch, error: str, ctx: RunContext, now: dt.datetime
 ) -> str:
     """SendCloud says the quota (or the balance) is used up: nothing was sent; pause at once."""
     assert batch.grant is not None
@@ -1182,7 +1306,7 @@ def _provider_refused_quota(
 
 def _hold_batch_and_pause(
     session: Session,
-    campaign: Campaign,
+    campaign: _CampaignLike,
     batch: _Batch,
     reason: str,
     error: str,
@@ -1207,7 +1331,7 @@ def _hold_batch_and_pause(
 
 def _fail_batch(
     session: Session,
-    campaign: Campaign,
+    campaign: _CampaignLike,
     batch: _Batch,
     members: Sequence[tuple[int, int | None, str, int]],
     error: str,
@@ -1266,7 +1390,7 @@ def run_campaign(
     started = time.monotonic()
     sent_total = 0
     while not should_stop():
-        before = _sent_count(session, campaign_id)
+        before = _sent_count(session, campaign_id) if rate else 0
         outcome = run_batch(session, campaign_id, ctx)
         if outcome == SENT:
             sent_total += max(0, _sent_count(session, campaign_id) - before) if rate else 0

@@ -70,6 +70,7 @@ _RESERVED_HEADERS = frozenset(
 )
 _HEADER_NAME = re.compile(r"[!-9;-~]+")  # printable ASCII except ':' (RFC 5322 ftext)
 _PLACEHOLDER = re.compile(r"%([A-Za-z0-9_.\-]+)%")
+_ASCII_BYTES = bytes(range(128))
 _DKIM_HEADERS = [b"From", b"To", b"Subject", b"Date", b"Message-ID"]
 #: A broken or silent connection (resets, broken pipes, timeouts, TLS errors are all OSError).
 _DROPS = (smtplib.SMTPServerDisconnected, OSError)
@@ -353,7 +354,9 @@ def _encode_body(text: str) -> tuple[str, bytes]:
     bodies are a third smaller as base64.
     """
     raw = text.replace("\r\n", "\n").replace("\r", "\n").encode("utf-8")
-    non_ascii = sum(1 for b in raw if b > 127) if not text.isascii() else 0
+    # bytes.translate deleting the ASCII range counts the rest in C (a generator over the
+    # bytes cost ~0.3 ms per 4 KB part, a third of building the whole message).
+    non_ascii = len(raw.translate(None, _ASCII_BYTES)) if not text.isascii() else 0
     if non_ascii * 6 > len(raw):
         encoded = base64.encodebytes(raw).replace(b"\n", CRLF)
         return "base64", encoded
@@ -381,6 +384,18 @@ def _substitute(template: str, values: Mapping[str, str], names: frozenset[str])
         return str(values.get(key, ""))
 
     return _PLACEHOLDER.sub(repl, template)
+
+
+def _header_values(fixed: bytes, values: Mapping[str, str], names: frozenset[str]) -> bytes:
+    """Per-recipient ``%name%`` values in extra headers (``List-Unsubscribe`` carries a token).
+
+    Only ASCII values without line breaks are put into a header (no header injection from
+    contact data); anything else becomes empty.
+    """
+    if b"%" not in fixed:
+        return fixed
+    safe = {k: v for k, v in values.items() if v.isascii() and "\r" not in v and "\n" not in v}
+    return _substitute(fixed.decode("ascii"), safe, names).encode("ascii")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -425,7 +440,7 @@ def build_message(
         f"Subject: {_header_value(subject)}\r\n"
         f"Date: {formatdate(usegmt=True)}\r\n"
         f"Message-ID: {message_id}\r\n"
-    ).encode("ascii") + prepared.fixed_headers
+    ).encode("ascii") + _header_values(prepared.fixed_headers, values, prepared.names)
     if batch.text:
         text = _substitute(batch.text, values, prepared.names)
         boundary = f"=_mkt_{uuid.uuid4().hex}"
