@@ -347,3 +347,38 @@ def _wait_for(predicate, timeout: float) -> None:
             return
         time.sleep(0.05)
     raise AssertionError("condition not reached in time")
+
+
+def test_scheduler_command_ticks_in_the_foreground_and_hands_the_lease_on_at_sigterm(app, session, tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    engine = get_state().db.engine
+    env = {
+        **os.environ,
+        "CRM_SQLALCHEMY_DATABASE_URI": engine.url.render_as_string(hide_password=False),
+        "CRM_SECRET_KEY": "test-secret-key",
+        "CRM_MARKETING_SECRET_KEYS": json.dumps(list(app.config["MARKETING_SECRET_KEYS"])),
+        "CRM_INSTANCE_PATH": str(tmp_path),
+    }
+    flask = str(Path(sys.executable).with_name("flask"))
+    proc = subprocess.Popen(
+        [flask, "--app", "plugin.demo.app:create_app", "marketing", "scheduler", "--tick", "0.2"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        _wait_for(lambda: leases.holder_of(engine, SCHEDULER_LEASE) is not None, 60)
+        assert f":{proc.pid}:" in leases.holder_of(engine, SCHEDULER_LEASE)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output
+    assert "tick every 0.2 s" in output
+    assert leases.holder_of(engine, SCHEDULER_LEASE) is None, "released at exit: another can start now"
