@@ -87,6 +87,16 @@ DEFAULTS: dict[str, Any] = {
     "MX_CHECK_BUDGET_SECONDS": 30.0,
     #: SMTP mails per second per account when the account sets none.
     "SMTP_SEND_RATE": 6.0,
+    #: Soft bounces of one address (within one campaign) after which it is suppressed.
+    "SOFT_BOUNCE_LIMIT": 3,
+    #: Where the /m endpoints' rate-limit counters live: ``memory://`` (one process) or a
+    #: ``redis://`` URL shared by every process of a deployment.
+    "RATE_LIMIT_STORAGE_URL": "memory://",
+    #: Per client IP and endpoint group, ``<n>/<second|minute|hour>``; ``0`` (or empty) = no limit.
+    "RATE_LIMIT_TRACKING": "600/minute",
+    "RATE_LIMIT_UNSUBSCRIBE": "30/minute",
+    #: SendCloud posts many events from few addresses: keep this generous.
+    "RATE_LIMIT_WEBHOOKS": "20000/minute",
     #: Demo only: run the local SendCloud simulator and DNS responder instead of the real services.
     "SANDBOX": False,
 }
@@ -135,6 +145,11 @@ class Settings:
     mx_check: bool = False
     mx_check_budget_seconds: float = 30.0
     smtp_send_rate: float = 6.0
+    soft_bounce_limit: int = 3
+    rate_limit_storage_url: str = "memory://"
+    rate_limit_tracking: str = "600/minute"
+    rate_limit_unsubscribe: str = "30/minute"
+    rate_limit_webhooks: str = "20000/minute"
 
     @property
     def api_prefix(self) -> str:
@@ -215,4 +230,9 @@ def load_settings(config: Mapping[str, Any]) -> Settings:
         mx_check=_as_bool(raw["MX_CHECK"]),
         mx_check_budget_seconds=float(raw["MX_CHECK_BUDGET_SECONDS"]),
         smtp_send_rate=float(raw["SMTP_SEND_RATE"]),
+        soft_bounce_limit=max(1, int(raw["SOFT_BOUNCE_LIMIT"])),
+        rate_limit_storage_url=str(raw["RATE_LIMIT_STORAGE_URL"] or "memory://"),
+        rate_limit_tracking=str(raw["RATE_LIMIT_TRACKING"] or "0"),
+        rate_limit_unsubscribe=str(raw["RATE_LIMIT_UNSUBSCRIBE"] or "0"),
+        rate_limit_webhooks=str(raw["RATE_LIMIT_WEBHOOKS"] or "0"),
     )

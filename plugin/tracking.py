@@ -1,22 +1,64 @@
-"""Signed tokens for the links inside mail (unsubscribe now; open and click build on it).
+"""Signed tokens for the links inside mail (open pixel, click redirect, unsubscribe), and how
+machine opens are told apart from people.
 
+Tokens
+------
 A token carries ids only, signed with ``itsdangerous`` and one salt per purpose, so a token made
 for one purpose (say an open pixel) can never be replayed as another (an unsubscribe), and
-nothing a recipient can edit in a link reaches the database unchecked.  The runner makes one
-unsubscribe URL per recipient, so :func:`make_token` keeps its serializers cached.
+nothing a recipient can edit in a link reaches the database unchecked.  Tokens never expire
+(``max_age`` is not used): mail is read months later and its links must keep working for at
+least a year; rotating ``TOKEN_SECRET`` is the only way to retire them.
+
+* unsubscribe ``{"w": workspace, "r": recipient}`` → ``/m/u/<token>``
+* open ``{"w", "r"}`` → ``/m/o/<token>.gif``
+* click ``{"w", "r"}`` → ``/m/c/<link id>/<token>``: the token names the recipient; the link id
+  must be a :class:`~plugin.models.TrackedLink` of *that recipient's campaign*, and the redirect
+  target is read from that row, never from the URL.  So there is no open redirect, a token of one
+  recipient cannot click for another, and each mail needs one click token per recipient instead
+  of one per (recipient, link) — an HMAC per recipient, not per link, on the send hot path.
+
+The runner makes these per recipient, so :func:`make_token` keeps its serializers cached.
+
+Machine opens and clicks
+------------------------
+Privacy proxies and link scanners fetch images and follow links without a person.  Apple Mail
+Privacy Protection's address ranges are not available offline, so :func:`is_machine_open` and
+:func:`is_machine_click` use request and timing heuristics; a hit they flag is recorded as
+``machine_opened`` (never as a human open or click):
+
+* a ``HEAD`` request, or no ``User-Agent`` at all;
+* a user agent of a known image proxy or scanner (``GoogleImageProxy``, ``YahooMailProxy``,
+  ``ggpht.com``, Barracuda, Mimecast, Proofpoint, SafeLinks, generic HTTP libraries, bots);
+* an open within :data:`MACHINE_OPEN_SECONDS` of the send (proxies such as Apple MPP prefetch
+  at delivery; a person rarely reads that fast);
+* a click within :data:`MACHINE_CLICK_SECONDS` of the send, or a click that comes within
+  :data:`BURST_SECONDS` of another click by the same recipient on a *different* link (scanners
+  follow every link at once).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import functools
+import hashlib
+import re
+import uuid
+from collections.abc import Iterable
 from typing import Any
 
 from itsdangerous import BadData, SignatureExpired, URLSafeTimedSerializer
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
 
 from .config import Settings
 from .errors import InvalidInput
 from .i18n import _
 
+#: The per-recipient value holding the unsubscribe token (``List-Unsubscribe`` headers).
+UNSUBSCRIBE_PLACEHOLDER = "mkt_unsub"
 #: Every purpose a token may have; each is its own salt.
 PURPOSES = frozenset({"unsubscribe", "open", "click", "preview"})
 SALT_PREFIX = "marketing.tracking."
@@ -59,18 +101,391 @@ def unsubscribe_url(settings: Settings, workspace_id: int, recipient_id: int) ->
 
 def read_unsubscribe(settings: Settings, token: str) -> tuple[int, int]:
     """``(workspace_id, recipient_id)`` of an unsubscribe token."""
-    payload = read_token(settings.token_secret, "unsubscribe", token)
+    return _ids(read_token(settings.token_secret, "unsubscribe", token))
+
+
+def _ids(payload: dict[str, Any]) -> tuple[int, int]:
     workspace_id, recipient_id = payload.get("w"), payload.get("r")
     if type(workspace_id) is not int or type(recipient_id) is not int:
         raise InvalidInput(_("This link is not valid."), field="token")
     return workspace_id, recipient_id
 
 
+def open_token(settings: Settings, workspace_id: int, recipient_id: int) -> str:
+    return make_token(settings.token_secret, "open", {"w": workspace_id, "r": recipient_id})
+
+
+def click_token(settings: Settings, workspace_id: int, recipient_id: int) -> str:
+    return make_token(settings.token_secret, "click", {"w": workspace_id, "r": recipient_id})
+
+
+def read_open(settings: Settings, token: str) -> tuple[int, int]:
+    """``(workspace_id, recipient_id)`` of an open-pixel token."""
+    return _ids(read_token(settings.token_secret, "open", token))
+
+
+def read_click(settings: Settings, token: str) -> tuple[int, int]:
+    """``(workspace_id, recipient_id)`` of a click token (the link id travels beside it)."""
+    return _ids(read_token(settings.token_secret, "click", token))
+
+
+def public_base(settings: Settings) -> str:
+    """``https://host/m``: what every public link starts with."""
+    return f"{settings.public_base_url}{settings.public_url_prefix}"
+
+
+def open_url_template(settings: Settings, placeholder: str) -> str:
+    """The pixel URL with ``%placeholder%`` where the recipient's open token goes."""
+    return f"{public_base(settings)}/o/%{placeholder}%.gif"
+
+
+def click_url_template(settings: Settings, link_id: int, placeholder: str) -> str:
+    """A tracked link's URL with ``%placeholder%`` where the recipient's click token goes."""
+    return f"{public_base(settings)}/c/{int(link_id)}/%{placeholder}%"
+
+
+# --------------------------------------------------------------------------- links of a campaign
+
+
+def url_hash(url: str) -> str:
+    return hashlib.sha256(url.encode("utf-8")).hexdigest()
+
+
+def register_links(
+    session: Session, workspace_id: int, campaign_id: int, urls: Iterable[str]
+) -> dict[str, int]:
+    """``{url: TrackedLink id}`` for a campaign's links, inserting the missing ones.  No commit.
+
+    ``INSERT ... ON CONFLICT DO NOTHING`` on ``(campaign_id, url_hash)``: two workers compiling
+    the same content at once end up with the same ids.
+    """
+    from .models import TrackedLink, utcnow
+
+    wanted = {url_hash(u): u for u in urls}
+    if not wanted:
+        return {}
+    make_insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    now = utcnow()
+    for digest, url in wanted.items():
+        session.execute(
+            make_insert(TrackedLink)
+            .values(
+                workspace_id=workspace_id, campaign_id=campaign_id, url=url, url_hash=digest, created_at=now
+            )
+            .on_conflict_do_nothing(index_elements=["campaign_id", "url_hash"])
+        )
+    rows = session.execute(
+        select(TrackedLink.id, TrackedLink.url_hash).where(
+            TrackedLink.campaign_id == campaign_id, TrackedLink.url_hash.in_(list(wanted))
+        )
+    )
+    return {wanted[digest]: link_id for link_id, digest in rows}
+
+
+def tracked_content(
+    session: Session, settings: Settings, *, workspace_id: int, campaign_id: int, content: Any
+) -> Any:
+    """A campaign's compiled content with its links registered and rewritten, plus the pixel."""
+    from .campaigns import rendering
+
+    ids = register_links(session, workspace_id, campaign_id, rendering.tracked_urls(content))
+    return rendering.rewrite_links(
+        content,
+        ids,
+        click_url=lambda link_id: click_url_template(settings, link_id, rendering.CLICK_PLACEHOLDER),
+        open_url=open_url_template(settings, rendering.OPEN_PLACEHOLDER),
+    )
+
+
+def link_target(
+    session: Session, workspace_id: int, recipient_id: int, link_id: int
+) -> tuple[int, str] | None:
+    """``(campaign_id, url)`` when ``link_id`` is a link of the recipient's campaign, else ``None``."""
+    from .models import CampaignRecipient, TrackedLink
+
+    row = session.execute(
+        select(TrackedLink.campaign_id, TrackedLink.url)
+        .join(CampaignRecipient, CampaignRecipient.campaign_id == TrackedLink.campaign_id)
+        .where(
+            TrackedLink.id == link_id,
+            TrackedLink.workspace_id == workspace_id,
+            CampaignRecipient.id == recipient_id,
+            CampaignRecipient.workspace_id == workspace_id,
+        )
+    ).first()
+    return (row.campaign_id, row.url) if row is not None else None
+
+
+def list_unsubscribe_headers(settings: Settings, mailto: str | None, placeholder: str) -> dict[str, str]:
+    """RFC 8058 headers with ``%placeholder%`` where each recipient's unsubscribe token goes.
+
+    The https link is the one-click POST target; the ``mailto`` (reply-to mailbox, subject
+    ``unsubscribe-<token>``) serves clients that only mail.  No percent-encoding in the mailto:
+    ``%`` is the placeholder marker.
+    """
+    links = [f"<{public_base(settings)}/u/%{placeholder}%>"]
+    if mailto and "@" in mailto and not any(c in mailto for c in "<>%?, \r\n"):
+        links.append(f"<mailto:{mailto}?subject={mailto_subject('%' + placeholder + '%')}>")
+    return {"List-Unsubscribe": ", ".join(links), "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
+
+
+# --------------------------------------------------------------------------- public actions
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RecipientRef:
+    """Who a valid token is about (what the unsubscribe page shows)."""
+
+    workspace_id: int
+    recipient_id: int
+    campaign_id: int
+    email: str
+    unsubscribed: bool
+
+
+def _ref(session: Session, workspace_id: int, recipient_id: int) -> RecipientRef | None:
+    from .models import CampaignRecipient
+
+    row = session.execute(
+        select(
+            CampaignRecipient.campaign_id, CampaignRecipient.email, CampaignRecipient.unsubscribed_at
+        ).where(CampaignRecipient.id == recipient_id, CampaignRecipient.workspace_id == workspace_id)
+    ).first()
+    if row is None:
+        return None
+    return RecipientRef(
+        workspace_id, recipient_id, row.campaign_id, row.email, row.unsubscribed_at is not None
+    )
+
+
+def _hit_key(kind: str, recipient_id: int) -> str:
+    return f"{kind}:{recipient_id}:{uuid.uuid4().hex}"
+
+
+def record_open(
+    session: Session,
+    settings: Settings,
+    token: str,
+    *,
+    method: str = "GET",
+    user_agent: str | None = None,
+    now: dt.datetime | None = None,
+) -> bool:
+    """An open-pixel hit: True when the token names a recipient (the hit is then recorded).
+
+    Raises :class:`InvalidInput` for a token that is not ours.  Does not commit.
+    """
+    from . import events
+    from .models import utcnow
+
+    workspace_id, recipient_id = read_open(settings, token)
+    ref = _ref(session, workspace_id, recipient_id)
+    if ref is None:
+        return False
+    events.record(
+        session,
+        workspace_id=workspace_id,
+        type="open",
+        dedupe_key=_hit_key("open", recipient_id),
+        occurred_at=now or utcnow(),
+        campaign_id=ref.campaign_id,
+        recipient_id=recipient_id,
+        data={
+            "source": "pixel",
+            "machine": is_machine_agent(method, user_agent),
+            "ua": (user_agent or "")[:200],
+        },
+        settings=settings,
+    )
+    return True
+
+
+def record_click(
+    session: Session,
+    settings: Settings,
+    link_id: int,
+    token: str,
+    *,
+    method: str = "GET",
+    user_agent: str | None = None,
+    now: dt.datetime | None = None,
+) -> str | None:
+    """A click: the stored target URL, or ``None`` when the link is not of this recipient's campaign.
+
+    Raises :class:`InvalidInput` for a token that is not ours.  Does not commit.
+    """
+    from . import events
+    from .models import utcnow
+
+    workspace_id, recipient_id = read_click(settings, token)
+    target = link_target(session, workspace_id, recipient_id, link_id)
+    if target is None:
+        return None
+    campaign_id, url = target
+    events.record(
+        session,
+        workspace_id=workspace_id,
+        type="click",
+        dedupe_key=_hit_key("click", recipient_id),
+        occurred_at=now or utcnow(),
+        campaign_id=campaign_id,
+        recipient_id=recipient_id,
+        data={
+            "source": "link",
+            "link_id": int(link_id),
+            "machine": is_machine_agent(method, user_agent),
+            "ua": (user_agent or "")[:200],
+        },
+        settings=settings,
+    )
+    return url
+
+
+def peek_unsubscribe(session: Session, settings: Settings, token: str) -> RecipientRef | None:
+    """The recipient of an unsubscribe token, changing nothing (the GET confirmation page)."""
+    try:
+        workspace_id, recipient_id = read_unsubscribe(settings, token)
+    except InvalidInput:
+        return None
+    return _ref(session, workspace_id, recipient_id)
+
+
+def unsubscribe(
+    session: Session,
+    settings: Settings,
+    token: str,
+    *,
+    via: str = "page",
+    now: dt.datetime | None = None,
+) -> RecipientRef | None:
+    """Suppress the token's recipient at once (reason ``unsubscribed``); idempotent.  No commit.
+
+    One event per recipient (``unsubscribe:<recipient id>``): pressing twice, or the one-click
+    POST followed by the footer link, changes nothing the second time.
+    """
+    from . import events
+    from .models import utcnow
+
+    ref = peek_unsubscribe(session, settings, token)
+    if ref is None:
+        return None
+    events.record(
+        session,
+        workspace_id=ref.workspace_id,
+        type="unsubscribe",
+        dedupe_key=f"unsubscribe:{ref.recipient_id}",
+        occurred_at=now or utcnow(),
+        campaign_id=ref.campaign_id,
+        recipient_id=ref.recipient_id,
+        data={"source": "link", "via": via, "recipient": ref.email},
+        settings=settings,
+    )
+    return ref
+
+
+# --------------------------------------------------------------------------- machine heuristics
+
+#: An open this soon after the send is a proxy prefetch (Apple MPP, gateways), not a reader.
+MACHINE_OPEN_SECONDS = 5
+#: A click this soon after the send is a link scanner.
+MACHINE_CLICK_SECONDS = 5
+#: Clicks by one recipient on different links this close together are a scanner's sweep.
+BURST_SECONDS = 3
+
+_MACHINE_AGENTS = re.compile(
+    r"GoogleImageProxy|ggpht\.com|YahooMailProxy|Yahoo!? ?Slurp|Barracuda|Mimecast|Proofpoint"
+    r"|SafeLinks|Symantec|Trend ?Micro|Forcepoint|MessageLabs|Sophos|FireEye|Cisco ?IronPort"
+    r"|python-requests|python-urllib|aiohttp|Go-http-client|curl/|Wget|okhttp|Java/|libwww"
+    r"|HeadlessChrome|PhantomJS|bot\b|crawler|spider|scanner",
+    re.I,
+)
+
+
+def is_machine_agent(method: str, user_agent: str | None) -> bool:
+    """Request-level signs of a machine: HEAD, no user agent, a known proxy or scanner."""
+    if method.upper() == "HEAD":
+        return True
+    agent = (user_agent or "").strip()
+    return not agent or bool(_MACHINE_AGENTS.search(agent))
+
+
+def _seconds_since(sent_at: dt.datetime | None, at: dt.datetime) -> float | None:
+    if sent_at is None:
+        return None
+    return (at - sent_at).total_seconds()
+
+
+def is_machine_open(*, sent_at: dt.datetime | None, at: dt.datetime) -> bool:
+    """Timing sign of a machine open (the request-level signs are checked by the endpoint)."""
+    elapsed = _seconds_since(sent_at, at)
+    return elapsed is not None and elapsed < MACHINE_OPEN_SECONDS
+
+
+def is_machine_click(
+    *, sent_at: dt.datetime | None, at: dt.datetime, other_link_clicks_within_burst: int
+) -> bool:
+    """Timing signs of a scanner's click (``other_link_clicks_within_burst``: see the docstring)."""
+    elapsed = _seconds_since(sent_at, at)
+    if elapsed is not None and elapsed < MACHINE_CLICK_SECONDS:
+        return True
+    return other_link_clicks_within_burst > 0
+
+
+# --------------------------------------------------------------------------- unsubscribe by mail
+
+_MAILTO_SUBJECT = re.compile(r"\bunsubscribe-([A-Za-z0-9_\-\.]{20,})")
+
+
+def mailto_subject(token: str) -> str:
+    """The subject of the ``mailto:`` unsubscribe in ``List-Unsubscribe`` (no percent signs)."""
+    return f"unsubscribe-{token}"
+
+
+def unsubscribe_from_subject(settings: Settings, subject: str) -> tuple[int, int] | None:
+    """``(workspace_id, recipient_id)`` when a received mail is a ``List-Unsubscribe`` mailto.
+
+    The reply handling calls this for each inbound mail; ``None`` means an ordinary reply.
+    """
+    match = _MAILTO_SUBJECT.search(subject or "")
+    if not match:
+        return None
+    try:
+        return read_unsubscribe(settings, match.group(1))
+    except InvalidInput:
+        return None
+
+
 __all__ = [
+    "BURST_SECONDS",
+    "MACHINE_CLICK_SECONDS",
+    "MACHINE_OPEN_SECONDS",
     "PURPOSES",
+    "UNSUBSCRIBE_PLACEHOLDER",
+    "RecipientRef",
+    "click_token",
+    "click_url_template",
+    "is_machine_agent",
+    "is_machine_click",
+    "is_machine_open",
+    "link_target",
+    "list_unsubscribe_headers",
+    "mailto_subject",
     "make_token",
+    "open_token",
+    "open_url_template",
+    "peek_unsubscribe",
+    "public_base",
+    "read_click",
+    "read_open",
     "read_token",
     "read_unsubscribe",
+    "record_click",
+    "record_open",
+    "register_links",
+    "tracked_content",
+    "unsubscribe",
+    "unsubscribe_from_subject",
     "unsubscribe_token",
     "unsubscribe_url",
+    "url_hash",
 ]

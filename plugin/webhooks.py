@@ -4,7 +4,9 @@ event exactly once.
 The webhook URL carries the workspace id inside a signed token (no expiry: the URL lives as long
 as the binding), so a post can only ever write into the workspace whose URL it was sent to.
 SendCloud retries a delivery until it gets HTTP 200, so a repeat of an event we already stored
-is answered like the first one and changes nothing.
+is answered like the first one and changes nothing.  Storing and applying an event is
+:func:`plugin.events.record`'s job; this module finds the campaign recipient an event is about
+(provider email id first, then our ``SC-Custom-campaign`` header plus the address).
 """
 
 from __future__ import annotations
@@ -16,13 +18,13 @@ from typing import Any, Literal
 
 from itsdangerous import BadSignature, URLSafeSerializer
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from . import events
 from .config import Settings
 from .crypto import SecretBox
 from .errors import NotFound, WebhookRejected
-from .models import Event, ProviderAccount, utcnow
+from .models import Campaign, CampaignRecipient, ProviderAccount, utcnow
 
 WEBHOOK_SALT = "marketing-webhook"
 #: Fields of a SendCloud event post; a post with none of them is SendCloud's URL check.
@@ -120,23 +122,128 @@ def receive_sendcloud(
         max_age=dt.timedelta(minutes=settings.webhook_max_age_minutes),
     )
     event = parse_webhook(form)
-    row = Event(
+    data = _event_data(event, form)
+    substat = (event.raw or {}).get("substat")
+    if isinstance(substat, str) and substat:
+        data["substat"] = substat[:8]
+    campaign_id, recipient_id = resolve_recipient(session, workspace_id, event)
+    if event.event_type == "request":
+        data["pairs"] = request_pairs(event)
+    elif event.event_type == "route":
+        data.update(_route_data(form))
+    stored = events.record(
+        session,
         workspace_id=workspace_id,
-        type=event.event_type[:24],
+        type=event.event_type,
         dedupe_key=dedupe_key(event.provider_event_id),
         occurred_at=event.occurred_at,
-        received_at=now or utcnow(),
-        data=_event_data(event, form),
+        campaign_id=campaign_id,
+        recipient_id=recipient_id,
+        data=data,
+        settings=settings,
     )
-    try:
-        with session.begin_nested():
-            session.add(row)
-            session.flush()
-    except IntegrityError:
-        session.commit()
-        return "duplicate"
+    if stored and event.event_type == "route":
+        handle_route(session, settings, workspace_id, form)
     session.commit()
-    return "stored"
+    return "stored" if stored else "duplicate"
+
+
+def _header_int(headers: Mapping[str, str], name: str) -> int | None:
+    for key, value in headers.items():
+        if key.lower() == name.lower():
+            text = str(value).strip()
+            return int(text) if text.isdigit() and len(text) < 18 else None
+    return None
+
+
+def resolve_recipient(session: Session, workspace_id: int, event: Any) -> tuple[int | None, int | None]:
+    """``(campaign_id, recipient_id)`` of an event, as far as it can be known.
+
+    The provider's email id is looked up first (the runner stores it per recipient); otherwise
+    our ``SC-Custom-campaign`` header plus the address (ids of a batch accepted as a duplicate
+    request are only learnt from its ``request`` event).  Only ids of this workspace count.
+    """
+    campaign_id = _header_int(event.user_headers or {}, "SC-Custom-campaign")
+    if campaign_id is not None:
+        campaign_id = session.scalar(
+            select(Campaign.id).where(Campaign.id == campaign_id, Campaign.workspace_id == workspace_id)
+        )
+    if event.provider_message_id:
+        row = session.execute(
+            select(CampaignRecipient.id, CampaignRecipient.campaign_id)
+            .where(
+                CampaignRecipient.provider_message_id == event.provider_message_id[:255],
+                CampaignRecipient.workspace_id == workspace_id,
+            )
+            .limit(1)
+        ).first()
+        if row is not None:
+            return row.campaign_id, row.id
+    if campaign_id is not None and event.recipient:
+        from .suppression import normalize
+
+        recipient_id = session.scalar(
+            select(CampaignRecipient.id).where(
+                CampaignRecipient.campaign_id == campaign_id,
+                CampaignRecipient.email == normalize(event.recipient),
+            )
+        )
+        return campaign_id, recipient_id
+    return campaign_id, None
+
+
+def request_pairs(event: Any) -> list[list[str]]:
+    """``[[address, email id], ...]`` of a ``request`` event (ids end in ``$<address>``)."""
+    raw = event.raw or {}
+    ids = raw.get("emailIds") or []
+    if isinstance(ids, str):
+        ids = [ids]
+    pairs = []
+    for email_id in ids:
+        _, sep, address = str(email_id).rpartition("$")
+        if sep and address:
+            pairs.append([address, str(email_id)])
+    return pairs
+
+
+#: Route (inbound mail) fields kept on the event; the raw message and HTML are left out (size).
+_ROUTE_FIELDS = ("from", "fromname", "to", "toname", "subject", "reference", "x_mx_mailfrom", "x_mx_rcptto")
+
+
+def _route_data(form: Mapping[str, Any]) -> dict[str, Any]:
+    from .providers.sendcloud import _field
+
+    data: dict[str, Any] = {}
+    for name in _ROUTE_FIELDS:
+        value = _field(form, name)
+        if value:
+            data[name] = value[:998]
+    text = _field(form, "text")
+    if text:
+        data["text"] = text[:20_000]
+    headers = _field(form, "headers")
+    if headers:
+        data["headers"] = headers[:20_000]
+    return data
+
+
+def handle_route(session: Session, settings: Settings, workspace_id: int, form: Mapping[str, Any]) -> None:
+    """Hand an inbound mail (SendCloud ``route``) to reply detection.
+
+    The hook: ``plugin.replies.handle_route(session, workspace_id=, fields=, settings=)`` when
+    that module exists; until then the stored ``route`` event is all there is.
+    """
+    try:
+        from . import replies  # type: ignore[attr-defined]
+    except ImportError:
+        return
+    handler = getattr(replies, "handle_route", None)
+    if handler is None:
+        return
+    from .providers.sendcloud import _field
+
+    fields = {key: _field(form, key) for key in form}
+    handler(session, workspace_id=workspace_id, fields=fields, settings=settings)
 
 
 def _event_data(event: Any, form: Mapping[str, Any]) -> dict[str, Any]:

@@ -539,6 +539,70 @@ def compile_content(
     )
 
 
+# --------------------------------------------------------------------------- link tracking
+
+#: Per-recipient values the runner adds when a campaign tracks opens and clicks (the tokens of
+#: ``plugin.tracking``); they are not template variables, so they are not in ``placeholders``.
+OPEN_PLACEHOLDER = "mkt_open"
+CLICK_PLACEHOLDER = "mkt_click"
+_HREF = re.compile(r"(<a\b[^>]*?\bhref\s*=\s*)([\"'])(.*?)\2", re.I | re.S)
+
+
+def _trackable(href: str) -> str | None:
+    """The URL a link points to when it can be tracked: absolute http(s), the same for everyone.
+
+    Links with a ``%placeholder%`` (the unsubscribe link, per-recipient URLs) stay as written:
+    the stored target must be one URL for the whole campaign.
+    """
+    url = html_lib.unescape(href).strip()
+    if _PLACEHOLDER.search(url) or not re.match(r"https?://[^\s/]+", url, re.I):
+        return None
+    return url
+
+
+def tracked_urls(content: CompiledContent) -> list[str]:
+    """The distinct trackable link targets of the HTML, in order of first appearance."""
+    parts = _CODE_BLOCKS.split(content.html)
+    seen: dict[str, None] = {}
+    for index, part in enumerate(parts):
+        if index % 2:
+            continue
+        for m in _HREF.finditer(part):
+            url = _trackable(m.group(3))
+            if url is not None:
+                seen.setdefault(url, None)
+    return list(seen)
+
+
+def rewrite_links(
+    content: CompiledContent, link_ids: Mapping[str, int], *, click_url: Any, open_url: str | None
+) -> CompiledContent:
+    """The content with tracked links and an open pixel (compiled once per campaign content).
+
+    ``link_ids`` maps each URL of :func:`tracked_urls` to its ``TrackedLink`` id;
+    ``click_url(link_id)`` gives the redirect URL (with ``%mkt_click%`` for the recipient's
+    token) and ``open_url`` the pixel URL (with ``%mkt_open%``), or ``None`` for no pixel.
+    The plain-text part keeps the original links (a reader copies them by hand).
+    """
+
+    def replace(m: re.Match[str]) -> str:
+        url = _trackable(m.group(3))
+        link_id = link_ids.get(url) if url is not None else None
+        if link_id is None:
+            return m.group(0)
+        return f"{m.group(1)}{m.group(2)}{click_url(link_id)}{m.group(2)}"
+
+    parts = _CODE_BLOCKS.split(content.html)
+    html = "".join(p if i % 2 else _HREF.sub(replace, p) for i, p in enumerate(parts))
+    if open_url:
+        pixel = (
+            f'<img src="{open_url}" width="1" height="1" alt="" '
+            'style="display:block;width:1px;height:1px;border:0;margin:0;padding:0">'
+        )
+        html = _insert_footer(html, pixel)
+    return dataclasses.replace(content, html=html, size_bytes=len(html.encode("utf-8")))
+
+
 # --------------------------------------------------------------------------- per recipient
 
 _RNG = random.Random()
@@ -617,7 +681,9 @@ def render(content: CompiledContent, values: Mapping[str, str]) -> Rendered:
 __all__ = [
     "ALIASES",
     "BUILTINS",
+    "CLICK_PLACEHOLDER",
     "CONTACT_FIELDS",
+    "OPEN_PLACEHOLDER",
     "UNSUBSCRIBE",
     "Binding",
     "CompiledContent",
@@ -634,6 +700,8 @@ __all__ = [
     "known_fields",
     "recipient_values",
     "render",
+    "rewrite_links",
     "text_to_html",
+    "tracked_urls",
     "unknown_variables",
 ]

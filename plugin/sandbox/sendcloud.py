@@ -415,6 +415,8 @@ class _Outgoing:
     html: str
     text: str
     task_id: int | None = None
+    #: The request's headers with this recipient's values (``None``: as in the request).
+    headers: Mapping[str, str] | None = None
 
 
 # --------------------------------------------------------------------------- the simulator
@@ -1207,7 +1209,7 @@ class SendCloudSimulator:
                 for member, member_vars in lists[alias].items():
                     values = {f"%{k}%": str(v) for k, v in member_vars.items()}
                     values.setdefault("%recipient%", member)
-                    outgoing.append(self._render(member, subject, html, plain, values, task_id))
+                    outgoing.append(self._render(member, subject, html, plain, values, task_id, headers))
         else:
             assert xsmtpapi is not None or to_list
             subs = (xsmtpapi or {}).get("sub") or {}
@@ -1218,8 +1220,8 @@ class SendCloudSimulator:
                 for key, column in subs.items():
                     value = str(column[index])
                     values[key] = str(section.get(value, section.get(value.strip("%"), value)))
-                outgoing.append(self._render(address, subject, html, plain, values, None))
-            outgoing += [self._render(a, subject, html, plain, {}, None) for a in extra]
+                outgoing.append(self._render(address, subject, html, plain, values, None, headers))
+            outgoing += [self._render(a, subject, html, plain, {}, None, headers) for a in extra]
 
         with self._lock:
             now = self.clock()
@@ -1260,7 +1262,7 @@ class SendCloudSimulator:
                         send_request_id=request_id,
                         email_id=f"{message_id}{index}${item.recipient}",
                         message_id=message_id,
-                        headers=headers,
+                        headers=item.headers if item.headers is not None else headers,
                         reply_to=tuple(reply_to),
                         accepted_at=accepted_at,
                         status=f"invalid:{kind}" if kind else "delivered",
@@ -1287,12 +1289,28 @@ class SendCloudSimulator:
 
     @staticmethod
     def _render(
-        address: str, subject: str, html: str, plain: str, values: Mapping[str, str], task_id: int | None
+        address: str,
+        subject: str,
+        html: str,
+        plain: str,
+        values: Mapping[str, str],
+        task_id: int | None,
+        headers: Mapping[str, str] | None = None,
     ) -> _Outgoing:
+        """One recipient's content; ``%var%`` in header values is substituted too.
+
+        SendCloud documents substitution for subject and body; the simulator also fills header
+        values so a per-recipient ``List-Unsubscribe`` (one request, a token per recipient) can be
+        checked end to end.  Whether the real service does this is unverified (reference §3.1).
+        """
+
         def sub(text: str) -> str:
             return _PLACEHOLDER.sub(lambda m: values.get(m.group(0), m.group(0)), text)
 
-        return _Outgoing(address, sub(subject), sub(html), sub(plain), task_id)
+        own = None
+        if headers and any("%" in v for v in headers.values()):
+            own = {k: sub(v) for k, v in headers.items()}
+        return _Outgoing(address, sub(subject), sub(html), sub(plain), task_id, own)
 
     @staticmethod
     def _bool(p: MultiDict[str, str], name: str, default: bool, code: int) -> bool:

@@ -1,0 +1,243 @@
+"""Aggregated statistics: one row per (campaign, metric, dimension, key, hour), bumped as facts arrive.
+
+Why counters instead of counting events or recipients per page view: a campaign of a million
+recipients produces millions of events, and its stats page must render in well under a second.
+Each fact is added once, when it happens (the runner at record time, :mod:`plugin.events` per
+stored event), with one ``INSERT ... ON CONFLICT DO UPDATE count = count + n`` per cell on both
+databases, so concurrent workers never lose an increment and never need a lock.
+
+A bump writes the campaign-wide cell (``dimension='all'``, ``key=''``) plus one cell for every
+dimension it was given (template, sender, link, recipient domain).  ``bucket`` is the UTC hour,
+which is enough for per-hour and per-day series in any time zone with whole-hour offsets.
+``campaign_id`` 0 holds mail outside campaigns (trigger mail).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from collections.abc import Iterable
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from .models import StatCounter
+
+METRICS = (
+    "submitted",
+    "sent",
+    "delivered",
+    "opened",
+    "unique_opened",
+    "machine_opened",
+    "clicked",
+    "unique_clicked",
+    "replied",
+    "bounced",
+    "soft_bounced",
+    "invalid",
+    "unsubscribed",
+    "complained",
+)
+DIMENSIONS = ("all", "template", "sender", "link", "domain")
+_METRICS = frozenset(METRICS)
+_TABLE = StatCounter.__table__
+
+
+def hour_bucket(at: dt.datetime) -> dt.datetime:
+    """The UTC hour ``at`` falls in (aware)."""
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=dt.UTC)
+    return at.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def cells(
+    *,
+    template_id: int | None = None,
+    sender_id: int | None = None,
+    domain: str | None = None,
+    link_id: int | None = None,
+) -> list[tuple[str, str]]:
+    """``(dimension, key)`` pairs a bump writes: always ``("all", "")``, then each given dimension."""
+    out = [("all", "")]
+    if template_id is not None:
+        out.append(("template", str(template_id)))
+    if sender_id is not None:
+        out.append(("sender", str(sender_id)))
+    if link_id is not None:
+        out.append(("link", str(link_id)))
+    if domain:
+        out.append(("domain", domain.strip().lower()[:255]))
+    return out
+
+
+def bump(
+    session: Session,
+    *,
+    workspace_id: int,
+    campaign_id: int,
+    metric: str,
+    at: dt.datetime,
+    n: int = 1,
+    template_id: int | None = None,
+    sender_id: int | None = None,
+    domain: str | None = None,
+    link_id: int | None = None,
+) -> None:
+    """Add ``n`` to ``metric`` in every cell the arguments name.  Does not commit."""
+    if metric not in _METRICS:
+        raise ValueError(f"unknown metric {metric!r}")
+    if n == 0:
+        return
+    bucket = hour_bucket(at)
+    rows = [
+        {
+            "workspace_id": workspace_id,
+            "campaign_id": campaign_id,
+            "metric": metric,
+            "dimension": dimension,
+            "key": key,
+            "bucket": bucket,
+            "count": n,
+        }
+        for dimension, key in cells(
+            template_id=template_id, sender_id=sender_id, domain=domain, link_id=link_id
+        )
+    ]
+    add_rows(session, rows)
+
+
+def add_rows(session: Session, rows: Iterable[dict]) -> None:
+    """Upsert prepared cells (``workspace_id, campaign_id, metric, dimension, key, bucket, count``).
+
+    Rows are sorted so that two transactions bumping the same cells take their row locks in the
+    same order (PostgreSQL would otherwise be able to deadlock two concurrent workers).
+    """
+    merged: dict[tuple, dict] = {}
+    for row in rows:
+        key = (row["campaign_id"], row["metric"], row["dimension"], row["key"], row["bucket"])
+        if key in merged:
+            merged[key]["count"] += row["count"]
+        else:
+            merged[key] = dict(row)
+    if not merged:
+        return
+    ordered = [merged[k] for k in sorted(merged, key=lambda k: (k[0], k[1], k[2], k[3], k[4].isoformat()))]
+    make_insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    for start in range(0, len(ordered), 500):  # one multi-row upsert (keys are distinct after merging)
+        statement = make_insert(StatCounter).values(ordered[start : start + 500])
+        statement = statement.on_conflict_do_update(
+            index_elements=["campaign_id", "metric", "dimension", "key", "bucket"],
+            set_={"count": _TABLE.c["count"] + statement.excluded["count"]},
+        )
+        session.execute(statement)
+
+
+def send_rows(
+    *,
+    workspace_id: int,
+    campaign_id: int,
+    at: dt.datetime,
+    template_id: int | None,
+    sender_id: int | None,
+    outcomes: Iterable[tuple[str, bool]],
+) -> list[dict]:
+    """Cells for ``submitted`` (every address handed over) and ``sent`` (accepted) of one batch.
+
+    ``outcomes`` are ``(address, accepted)``; the runner adds the rows with :func:`add_rows` in the
+    transaction that records the batch, so the counts are exactly the recorded results.
+    """
+    bucket = hour_bucket(at)
+    rows: list[dict] = []
+    for email, accepted in outcomes:
+        domain = email.rpartition("@")[2].strip().lower()[:255] or None
+        for metric in ("submitted", "sent") if accepted else ("submitted",):
+            for dimension, key in cells(template_id=template_id, sender_id=sender_id, domain=domain):
+                rows.append(
+                    {
+                        "workspace_id": workspace_id,
+                        "campaign_id": campaign_id,
+                        "metric": metric,
+                        "dimension": dimension,
+                        "key": key,
+                        "bucket": bucket,
+                        "count": 1,
+                    }
+                )
+    return rows
+
+
+def totals(session: Session, campaign_id: int) -> dict[str, int]:
+    """Every metric's campaign total (missing metrics are 0)."""
+    result = dict.fromkeys(METRICS, 0)
+    rows = session.execute(
+        select(StatCounter.metric, func.sum(StatCounter.count))
+        .where(StatCounter.campaign_id == campaign_id, StatCounter.dimension == "all")
+        .group_by(StatCounter.metric)
+    )
+    for metric, count in rows:
+        result[metric] = int(count or 0)
+    return result
+
+
+def series(
+    session: Session,
+    campaign_id: int,
+    metric: str,
+    *,
+    by: str = "hour",
+    tz: dt.tzinfo | str | None = None,
+) -> list[tuple[dt.datetime, int]]:
+    """``(start of hour or day in tz, count)`` in time order, only periods with a count."""
+    if by not in ("hour", "day"):
+        raise ValueError("by must be 'hour' or 'day'")
+    zone = ZoneInfo(tz) if isinstance(tz, str) else (tz or dt.UTC)
+    rows = session.execute(
+        select(StatCounter.bucket, func.sum(StatCounter.count))
+        .where(
+            StatCounter.campaign_id == campaign_id,
+            StatCounter.metric == metric,
+            StatCounter.dimension == "all",
+        )
+        .group_by(StatCounter.bucket)
+    )
+    folded: dict[dt.datetime, int] = defaultdict(int)
+    for bucket, count in rows:
+        local = bucket.astimezone(zone)
+        start = local.replace(minute=0, second=0, microsecond=0)
+        if by == "day":
+            start = start.replace(hour=0)
+        folded[start] += int(count or 0)
+    return sorted(folded.items())
+
+
+def breakdown(session: Session, campaign_id: int, dimension: str) -> dict[str, dict[str, int]]:
+    """``{key: {metric: count}}`` for one dimension (template, sender, link or domain)."""
+    if dimension not in DIMENSIONS:
+        raise ValueError(f"unknown dimension {dimension!r}")
+    result: dict[str, dict[str, int]] = {}
+    rows = session.execute(
+        select(StatCounter.key, StatCounter.metric, func.sum(StatCounter.count))
+        .where(StatCounter.campaign_id == campaign_id, StatCounter.dimension == dimension)
+        .group_by(StatCounter.key, StatCounter.metric)
+    )
+    for key, metric, count in rows:
+        result.setdefault(key, dict.fromkeys(METRICS, 0))[metric] = int(count or 0)
+    return result
+
+
+__all__ = [
+    "DIMENSIONS",
+    "METRICS",
+    "add_rows",
+    "breakdown",
+    "bump",
+    "cells",
+    "hour_bucket",
+    "send_rows",
+    "series",
+    "totals",
+]
