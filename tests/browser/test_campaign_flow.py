@@ -174,3 +174,10 @@ def test_scheduled_campaign_starts_on_time_and_reaches_exactly_its_audience(
         assert "%" not in mail.html
     assert campaign.sent == 35
     assert campaign.audience_counts["excluded"] == 5
+
+    # 5. the list shows it finished, with its full bar
+    page.goto("/marketing/campaigns")
+    row = page.locator(f'.campaign-row[data-id="{campaign.id}"]')
+    assert row.get_attribute("data-status") == "completed"
+    assert row.locator('[role="progressbar"]').get_attribute("aria-valuenow") == "35"
+    shot(page, "list")
