@@ -208,7 +208,7 @@ def load_settings(config: Mapping[str, Any]) -> Settings:
         dns_timeout=float(raw["DNS_TIMEOUT"]),
         batch_size=batch_size,
         send_rate=float(raw["SEND_RATE"]),
-        scheduler_enabled=bool(raw["SCHEDULER_ENABLED"]),
+        scheduler_enabled=_as_bool(raw["SCHEDULER_ENABLED"]),
         scheduler_tick_seconds=int(raw["SCHEDULER_TICK_SECONDS"]),
         execution_backend=backend,
         celery_broker_url=str(raw["CELERY_BROKER_URL"]),
