@@ -8,7 +8,7 @@ import pytest
 
 from plugin.sandbox.imap import ImapServer
 
-MESSAGE = b"From: a@example.net\r\nTo: r@example.com\r\nSubject: hi\r\nMessage-ID: <s1@example.net>\r\n\r\nhello\r\n"
+MESSAGE = b"From: a@example.net\r\nTo: r@x.com\r\nSubject: hi\r\nMessage-ID: <s1@example.net>\r\n\r\nhi\r\n"
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def test_starts_answers_and_stops():
     finally:
         srv.stop()
     assert not srv.running
-    with pytest.raises(OSError):
+    with pytest.raises(ConnectionRefusedError):
         imaplib.IMAP4(srv.host, srv.port, timeout=2)
 
 

@@ -76,6 +76,7 @@ class ImapServer:
         self.key = str(key) if key else None
         self.startup_timeout = startup_timeout
         self._process: subprocess.Popen[bytes] | None = None
+        self._conn: imaplib.IMAP4 | None = None
 
     @property
     def tls(self) -> bool:
@@ -125,6 +126,10 @@ class ImapServer:
             return False
 
     def stop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.logout()
         process, self._process = self._process, None
         if process is None:
             return
@@ -165,62 +170,54 @@ class ImapServer:
         conn.login(self.user, self.password)
         return conn
 
+    def _admin(self) -> imaplib.IMAP4:
+        """One kept connection for the helpers below (a pymap login takes about half a second)."""
+        if self._conn is not None:
+            try:
+                if self._conn.noop()[0] == "OK":
+                    return self._conn
+            except (imaplib.IMAP4.error, OSError):
+                pass
+        self._conn = self.client()
+        return self._conn
+
     def append(self, raw: bytes | str, folder: str = "INBOX") -> int:
         """Deliver one message; returns its UID."""
         data = raw.encode("utf-8") if isinstance(raw, str) else raw
         data = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-        conn = self.client()
-        try:
-            typ, answer = conn.append(folder, None, None, data)
-            if typ != "OK":
-                raise RuntimeError(f"APPEND refused: {answer!r}")
-            text = (answer[0] or b"").decode("ascii", "replace")
-            # [APPENDUID <uidvalidity> <uid>] (UIDPLUS)
-            if "APPENDUID" in text:
-                return int(text.split("APPENDUID", 1)[1].split("]", 1)[0].split()[1])
-            return 0
-        finally:
-            with contextlib.suppress(Exception):
-                conn.logout()
+        typ, answer = self._admin().append(folder, None, None, data)
+        if typ != "OK":
+            raise RuntimeError(f"APPEND refused: {answer!r}")
+        text = (answer[0] or b"").decode("ascii", "replace")
+        # [APPENDUID <uidvalidity> <uid>] (UIDPLUS)
+        if "APPENDUID" in text:
+            return int(text.split("APPENDUID", 1)[1].split("]", 1)[0].split()[1])
+        return 0
 
     def create_folder(self, folder: str) -> None:
-        conn = self.client()
-        try:
-            conn.create(folder)
-        finally:
-            with contextlib.suppress(Exception):
-                conn.logout()
+        typ, answer = self._admin().create(folder)
+        if typ != "OK":
+            raise RuntimeError(f"CREATE refused: {answer!r}")
 
     def recreate_folder(self, folder: str) -> None:
         """Delete and create ``folder`` again: the server gives it a new UIDVALIDITY."""
-        conn = self.client()
-        try:
-            conn.delete(folder)
-            conn.create(folder)
-        finally:
-            with contextlib.suppress(Exception):
-                conn.logout()
+        conn = self._admin()
+        conn.select("INBOX", readonly=True)  # pymap drops a connection whose selected folder goes
+        conn.delete(folder)
+        conn.create(folder)
 
     def uidvalidity(self, folder: str = "INBOX") -> int:
-        conn = self.client()
-        try:
-            conn.select(folder, readonly=True)
-            _, data = conn.response("UIDVALIDITY")
-            return int(data[0])
-        finally:
-            with contextlib.suppress(Exception):
-                conn.logout()
+        conn = self._admin()
+        conn.select(folder, readonly=True)
+        _, data = conn.response("UIDVALIDITY")
+        return int(data[0])
 
     def flags(self, uid: int, folder: str = "INBOX") -> str:
         """The flags of one message (tests check that polling marks nothing as read)."""
-        conn = self.client()
-        try:
-            conn.select(folder, readonly=True)
-            _, data = conn.uid("FETCH", str(uid), "(FLAGS)")
-            return (data[0] or b"").decode("ascii", "replace") if data else ""
-        finally:
-            with contextlib.suppress(Exception):
-                conn.logout()
+        conn = self._admin()
+        conn.select(folder, readonly=True)
+        _, data = conn.uid("FETCH", str(uid), "(FLAGS)")
+        return (data[0] or b"").decode("ascii", "replace") if data and isinstance(data[0], bytes) else ""
 
 
 __all__ = ["DEFAULT_PASSWORD", "DEFAULT_USER", "ImapServer"]
