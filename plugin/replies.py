@@ -151,6 +151,8 @@ class PollReport:
 
 def _charset(name: str | None) -> str:
     name = (name or "").strip().strip('"').lower()
+    if name == "unknown-8bit":
+        return "utf-8"
     return _CHARSET_ALIASES.get(name, name or "utf-8")
 
 
@@ -175,13 +177,13 @@ def decode_header(value: Any) -> str:
     """A header as text: RFC 2047 words decoded with GBK-tolerant charsets, folding removed."""
     if value is None:
         return ""
-    if isinstance(value, email.header.Header):
-        value = str(value)
-    text = _raw_header_text(str(value))
     try:
-        parts = email.header.decode_header(text)
+        if isinstance(value, email.header.Header):  # 8-bit bytes in a header (charset unknown-8bit)
+            parts = email.header.decode_header(value)
+        else:
+            parts = email.header.decode_header(_raw_header_text(str(value)))
     except (ValueError, email.errors.HeaderParseError):
-        return " ".join(text.split())
+        return " ".join(str(value).split())
     out: list[str] = []
     for chunk, charset in parts:
         if isinstance(chunk, bytes):

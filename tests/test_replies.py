@@ -293,7 +293,17 @@ def test_gbk_reply_decoded_and_quoted_history_trimmed(session, workspace, imap, 
     )
     imap.append(raw_html, folder)
 
-    assert poll(session, workspace.id).stored == 2
+    # a client writing raw GBK bytes into the Subject header, no encoded words
+    imap.append(
+        b"From: hua@example.cn\r\nTo: replies@example.com\r\nSubject: " + "答复：好".encode("gbk") + b"\r\n"
+        b"Message-ID: <gbk3@example.cn>\r\nIn-Reply-To: "
+        + our_id(campaign, rec).encode()
+        + b"\r\n\r\nOK\r\n",
+        folder,
+    )
+
+    assert poll(session, workspace.id).stored == 3
+    assert session.scalar(select(Reply.subject).where(Reply.message_id == "gbk3@example.cn")) == "答复：好"
 
     first = session.scalar(select(Reply).where(Reply.message_id == "gbk1@example.cn"))
     assert first.subject == subject

@@ -5,7 +5,17 @@ from __future__ import annotations
 from flask import Flask
 
 from ..config import Settings
-from . import admin, campaigns, public, quota_pages, setup, smtp_accounts, templates_pages, trigger_mails
+from . import (
+    admin,
+    campaigns,
+    public,
+    quota_pages,
+    replies,
+    setup,
+    smtp_accounts,
+    templates_pages,
+    trigger_mails,
+)
 from .api import register_api
 from .security import exempt_from_host_csrf, install_template_globals
 
@@ -19,7 +29,7 @@ def register_blueprints(app: Flask, settings: Settings) -> None:
     app.register_blueprint(setup_bp, url_prefix=settings.url_prefix)
     page_blueprints = [
         module.create_blueprint(settings)
-        for module in (templates_pages, campaigns, quota_pages, smtp_accounts, trigger_mails)
+        for module in (templates_pages, campaigns, quota_pages, smtp_accounts, trigger_mails, replies)
     ]
     for bp in page_blueprints:
         app.register_blueprint(bp, url_prefix=settings.url_prefix)

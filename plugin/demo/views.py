@@ -359,7 +359,30 @@ def _contact_form(contact_id: int | None):
         all_tags=service.list_tags(session, ws),
         owners=_owner_choices(values.get("owner_id")),
         can_write=can_write,
+        **_reply_history(ws, contact.id if contact is not None else None),
     ), status
+
+
+def _reply_history(ws: int, contact_id: int | None) -> dict[str, Any]:
+    """The contact's replies to campaigns (the "Replies" section of the contact page)."""
+    from .. import replies
+    from ..models import Campaign
+
+    if contact_id is None:
+        return {"replies": [], "reply_campaigns": {}}
+    session = get_state().session
+    found = replies.contact_replies(session, ws, contact_id)
+    ids = {r.campaign_id for r in found if r.campaign_id}
+    names = (
+        dict(
+            session.execute(
+                select(Campaign.id, Campaign.name).where(Campaign.workspace_id == ws, Campaign.id.in_(ids))
+            ).all()
+        )
+        if ids
+        else {}
+    )
+    return {"replies": found, "reply_campaigns": names}
 
 
 @bp.route("/contacts/new", methods=["GET", "POST"])
