@@ -81,6 +81,19 @@ def dedupe_key(provider_event_id: str) -> str:
     return "sendcloud:sha256:" + hashlib.sha256(provider_event_id.encode()).hexdigest()
 
 
+def token_key(form: Mapping[str, Any]) -> str:
+    """The dedupe key of a verified post: its signed ``token`` alone.
+
+    SendCloud's signature covers ``timestamp + token``, not the body, and every event gets a
+    fresh random token that retries repeat.  Keying on the token (not on token + event type)
+    makes a token single-use: a replay of an observed post with a different body (another
+    event, address or email id) is a duplicate and changes nothing.
+    """
+    from .providers.sendcloud import _field
+
+    return dedupe_key(f"sendcloud:{_field(form, 'token') or ''}")
+
+
 def _account(session: Session, workspace_id: int) -> ProviderAccount:
     account = session.scalar(
         select(ProviderAccount)
@@ -135,7 +148,7 @@ def receive_sendcloud(
         session,
         workspace_id=workspace_id,
         type=event.event_type,
-        dedupe_key=dedupe_key(event.provider_event_id),
+        dedupe_key=token_key(form),
         occurred_at=event.occurred_at,
         campaign_id=campaign_id,
         recipient_id=recipient_id,

@@ -364,6 +364,8 @@ def test_smtp_mail_carries_each_recipients_list_unsubscribe(app, session, worksp
     assert len(set(headers.values())) == 3
     assert all("%" not in h for h in headers.values())
     assert all(m.header("List-Unsubscribe-Post") == "List-Unsubscribe=One-Click" for m in messages)
+    totals = counters.totals(session, c.id)
+    assert (totals["submitted"], totals["sent"]) == (3, 3)  # counted per SMTP record
     one = next(m for m in messages if m.envelope_to[0] == "user1@example.net")
     token = re.search(r"/m/u/([\w.\-]+)>", one.header("List-Unsubscribe")).group(1)
     assert client.post(f"/m/u/{token}", data={"List-Unsubscribe": "One-Click"}).status_code == 200

@@ -1008,6 +1008,8 @@ def _record(
     now: dt.datetime,
 ) -> None:
     """Write per-recipient results, settle the quota and count, in the caller's transaction."""
+    from sqlalchemy import case, literal, or_
+
     from .. import counters
 
     by_email: dict[str, SendResult] = {}
@@ -1039,12 +1041,16 @@ def _record(
             updates.append(_row(recipient_id, "unknown", reason, message_id, now, attempts, batch.id))
     if updates:
         table = CampaignRecipient.__table__
+        # (no IN list: expanding parameters cannot be used in this executemany)
+        settled = or_(*(table.c.status == literal(s) for s in ("delivered", "bounced", "invalid")))
         session.execute(
             table.update()
             .where(table.c.id == bindparam("rid"))
             .values(
-                status=bindparam("st"),
-                reason=bindparam("rs"),
+                # a deliver/bounce webhook may already have arrived (it is mapped by our header
+                # before the provider id is stored): never move such a recipient back
+                status=case((settled, table.c.status), else_=bindparam("st")),
+                reason=case((settled, table.c.reason), else_=bindparam("rs")),
                 provider_message_id=bindparam("mid"),
                 sent_at=bindparam("at"),
                 attempts=bindparam("n"),
@@ -1126,6 +1132,8 @@ def _send_smtp(
     A batch taken over after a crash had its first remaining recipient possibly in flight: that
     one is flagged ``possible_duplicate`` (it is re-sent with the same Message-ID).
     """
+    from .. import counters
+
     provider = _provider(ctx, account)
     assert batch.grant is not None
     table = CampaignRecipient.__table__
@@ -1200,6 +1208,17 @@ def _send_smtp(
                 },
             )
             session.execute(count_sent if final == "accepted" else count_failed)
+            counters.add_rows(  # submitted/sent stats in the same transaction as the record
+                session,
+                counters.send_rows(
+                    workspace_id=campaign.workspace_id,
+                    campaign_id=campaign.id,
+                    at=sent_now,
+                    template_id=batch.template_id,
+                    sender_id=batch.sender_id,
+                    outcomes=[(email, final == "accepted")],
+                ),
+            )
         session.commit()
         ctx.step("smtp:recorded")
         if time.monotonic() - lease_renewed_at > ctx.batch_lease.total_seconds() / 3:
