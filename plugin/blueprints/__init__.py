@@ -7,12 +7,14 @@ from flask import Flask
 from ..config import Settings
 from . import (
     admin,
+    campaign_stats,
     campaigns,
     public,
     quota_pages,
     replies,
     setup,
     smtp_accounts,
+    suppressions,
     templates_pages,
     trigger_mails,
 )
@@ -29,7 +31,16 @@ def register_blueprints(app: Flask, settings: Settings) -> None:
     app.register_blueprint(setup_bp, url_prefix=settings.url_prefix)
     page_blueprints = [
         module.create_blueprint(settings)
-        for module in (templates_pages, campaigns, quota_pages, smtp_accounts, trigger_mails, replies)
+        for module in (
+            templates_pages,
+            campaigns,
+            quota_pages,
+            smtp_accounts,
+            trigger_mails,
+            campaign_stats,
+            suppressions,
+            replies,
+        )
     ]
     for bp in page_blueprints:
         app.register_blueprint(bp, url_prefix=settings.url_prefix)

@@ -78,7 +78,9 @@ NAV: tuple[tuple[str, str, str], ...] = (
     ("marketing_campaigns.index", _l("Campaigns"), "view"),
     ("marketing_templates.index", _l("Templates"), "view"),
     ("marketing_trigger.index", _l("Trigger mail"), "view"),
+    ("marketing_stats.index", _l("Statistics"), "view"),
     ("marketing_quota.index", _l("Quota"), "view"),
+    ("marketing_suppression.index", _l("Suppression list"), "view"),
     ("marketing_smtp.index", _l("SMTP accounts"), "settings"),
     ("marketing_setup.start", _l("Setup"), "settings"),
 )
