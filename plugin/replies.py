@@ -967,24 +967,32 @@ def poll_all(
     every: dt.timedelta = dt.timedelta(minutes=DEFAULT_POLL_MINUTES),
     directory: Any = None,
 ) -> dict[int, PollReport]:
-    """The scheduler's job: poll every enabled mailbox not polled within ``every``.  Commits."""
+    """The scheduler's job: poll every enabled mailbox not polled within ``every``.  Commits.
+
+    Never raises: a failing mailbox (or database hiccup) is logged and the scheduler's tick goes on.
+    """
     now = now or utcnow()
-    due = (
-        session.execute(
-            select(ReplyMailbox.workspace_id).where(
-                ReplyMailbox.enabled.is_(True),
-                (ReplyMailbox.last_polled_at.is_(None)) | (ReplyMailbox.last_polled_at <= now - every),
-            )
-        )
-        .scalars()
-        .all()
-    )
-    session.commit()
     reports: dict[int, PollReport] = {}
+    try:
+        due = (
+            session.execute(
+                select(ReplyMailbox.workspace_id).where(
+                    ReplyMailbox.enabled.is_(True),
+                    (ReplyMailbox.last_polled_at.is_(None)) | (ReplyMailbox.last_polled_at <= now - every),
+                )
+            )
+            .scalars()
+            .all()
+        )
+        session.commit()
+    except Exception:
+        session.rollback()
+        log.exception("reply mailboxes: could not list the mailboxes to read")
+        return reports
     for workspace_id in due:
         try:
             reports[workspace_id] = poll(session, workspace_id, secrets=secrets, now=now, directory=directory)
-        except Exception:
+        except Exception:  # the next mailbox still gets its turn
             session.rollback()
             log.exception("reply mailbox of workspace %s: poll failed", workspace_id)
     return reports

@@ -29,7 +29,7 @@ from typing import Any
 from flask import Flask
 from sqlalchemy import or_, select
 
-from . import leases
+from . import leases, replies
 from .campaigns import lifecycle
 from .errors import InvalidTransition
 from .models import Campaign, utcnow
@@ -82,6 +82,7 @@ def tick(app: Flask, now: dt.datetime | None = None, *, executor: Executor | Non
                     report.started.append(campaign_id)
             _resume_paused(session, ctx, executor, now, report)
             _resubmit_orphans(session, executor, now, report)
+            replies.poll_all(session, secrets=state.secrets)  # reply mailboxes due (never raises)
         finally:
             if ctx is not None:
                 ctx.close()

@@ -570,3 +570,27 @@ def test_trim_quoted_keeps_text_written_below_the_quote():
     assert (
         replies.trim_quoted("On Mon, 1 Jan 2024, News wrote:\n> x") == "On Mon, 1 Jan 2024, News wrote:\n> x"
     )
+
+
+class _NoExecutor:
+    """The tick's executor when no campaign is due (nothing may be submitted)."""
+
+    def submit(self, campaign_id: int) -> bool:
+        raise AssertionError("no campaign should start")
+
+    def active(self, campaign_id: int) -> bool:
+        return False
+
+
+def test_scheduler_tick_reads_the_mailbox(app, session, workspace, imap, folder):
+    from plugin.scheduler import tick
+
+    campaign = make_campaign(session, workspace.id, [("tia@example.net", None, None)])
+    rec = recipient(session, campaign, "tia@example.net")
+    make_mailbox(session, workspace.id, imap, folder)
+    imap.append(mail(sender="tia@example.net", headers={"In-Reply-To": our_id(campaign, rec)}), folder)
+
+    tick(app, executor=_NoExecutor())
+
+    assert session.scalar(select(Reply.recipient_id)) == rec.id
+    assert session.scalar(select(ReplyMailbox.last_polled_at)) is not None
