@@ -1,4 +1,5 @@
-"""``python -m plugin.demo``: migrate, seed, start the sandbox SMTP sink and serve the demo CRM."""
+"""``python -m plugin.demo``: migrate, seed, start the sandbox SMTP sink and IMAP reply mailbox,
+and serve the demo CRM."""
 
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ def main() -> None:
         if seed_demo(db.session, contacts=args.contacts):
             print(f"Seeded {args.contacts} demo contacts.")
     sink = start_sink(app, args.smtp_port)
+    imap = start_reply_mailbox(app) if not args.no_sandbox else None
     scheduler = start_scheduler_if_enabled(app)
     url = f"http://{args.host}:{args.port}/"
     print("\n  Demo CRM with the marketing plugin")
@@ -61,6 +63,12 @@ def main() -> None:
         login = f"{account['api_user']} / {account['api_key']}"
         print(f"  SendCloud simulator on {simulator.root}/ (account {login})")
         print(f"  Sandbox DNS on {dns.host}:{dns.port} (publish records from {url}marketing/setup/dns)")
+    if imap is not None:
+        print(
+            f"  Sandbox IMAP reply mailbox on {imap.host}:{imap.port} (user {imap.user} / {imap.password}, "
+            "no TLS): put replies in with any IMAP client; they are read every 5 minutes or at "
+            f"{url}marketing/replies/mailbox"
+        )
     if scheduler is not None:
         print(f"  Scheduler: tick every {scheduler.tick_seconds:g} s, campaigns run in this process")
     print()
@@ -71,6 +79,8 @@ def main() -> None:
             scheduler.stop()
         if sink is not None:
             sink.stop()
+        if imap is not None:
+            imap.stop()
         stop_sendcloud_sandbox(app)
 
 
@@ -96,6 +106,51 @@ def start_sink(app: Flask, port: int | None = None) -> SmtpSink | None:
             return None
     app.extensions["sandbox_smtp"] = sink
     return sink
+
+
+def start_reply_mailbox(app: Flask):
+    """Start the sandbox IMAP server (pymap) and make it the demo workspace's reply mailbox.
+
+    An existing mailbox setting is replaced only when it points at a previous sandbox (loopback),
+    so a reply mailbox an operator configured for real stays as it is.
+    """
+    from .. import replies
+    from ..access import ensure_workspace
+    from ..extension import get_state
+    from ..sandbox.imap import ImapServer
+
+    try:
+        server = ImapServer().start()
+    except (OSError, RuntimeError) as exc:
+        print(f"  Sandbox IMAP reply mailbox not started: {exc}")
+        return None
+    with app.app_context():
+        state = get_state()
+        workspace = ensure_workspace(db.session, "default")
+        mailbox = replies.get_mailbox(db.session, workspace.id)
+        if mailbox is None or mailbox.imap_host == server.host:
+            replies.save_mailbox(
+                db.session,
+                workspace.id,
+                {
+                    "host": server.host,
+                    "port": server.port,
+                    "security": "none",
+                    "username": server.user,
+                    "password": server.password,
+                    "folder": "INBOX",
+                    "tag_name": mailbox.tag_name if mailbox else "Replied",
+                    "notify_owner": True,
+                    "match_window_days": mailbox.match_window_days
+                    if mailbox
+                    else replies.DEFAULT_WINDOW_DAYS,
+                    "enabled": True,
+                },
+                secrets=state.secrets,
+            )
+        db.session.commit()
+    app.extensions["sandbox_imap"] = server
+    return server
 
 
 if __name__ == "__main__":
