@@ -422,28 +422,43 @@ def _workspace_campaigns(workspace_id: int, since: dt.datetime | None = None) ->
     return query.scalar_subquery()
 
 
-def _by_provider_id(session: Session, workspace_id: int, ref: str, from_email: str) -> Match | None:
-    """SendCloud ids: the stored emailId itself, or its ``messageId`` part plus the sender."""
-    row = session.execute(
-        select(CampaignRecipient.id, CampaignRecipient.campaign_id, CampaignRecipient.contact_id)
-        .where(
-            CampaignRecipient.provider_message_id == ref[:255],
-            CampaignRecipient.workspace_id == workspace_id,
+def _provider_prefix(ref: str) -> str | None:
+    """The SendCloud ``messageId`` a referenced id carries, when it can be told.
+
+    A Message-ID built from the request's messageId (``<messageId>@host``), or the emailId
+    ``<messageId><index>$<address>`` of another address: the sender's own emailId shares it.
+    """
+    prefix = ref.partition("$")[0].rstrip("0123456789") if "$" in ref else ref.rpartition("@")[0]
+    return prefix if len(prefix) >= 8 else None
+
+
+def _by_provider_id(
+    session: Session, workspace_id: int, refs: Sequence[str], from_email: str
+) -> Match | None:
+    """SendCloud ids: a stored emailId itself, else its ``messageId`` part plus the sender."""
+    exact = {
+        row.provider_message_id: row
+        for row in session.execute(
+            select(
+                CampaignRecipient.id,
+                CampaignRecipient.campaign_id,
+                CampaignRecipient.contact_id,
+                CampaignRecipient.provider_message_id,
+            ).where(
+                CampaignRecipient.provider_message_id.in_([r[:255] for r in refs]),
+                CampaignRecipient.workspace_id == workspace_id,
+            )
         )
-        .limit(1)
-    ).first()
-    if row is not None:
-        return Match(row.campaign_id, row.id, row.contact_id, "headers")
-    if not from_email:
+    }
+    for ref in refs:
+        row = exact.get(ref[:255])
+        if row is not None:
+            return Match(row.campaign_id, row.id, row.contact_id, "headers")
+    prefixes = [p for p in (_provider_prefix(ref) for ref in refs) if p]
+    if not from_email or not prefixes:
         return None
-    # A Message-ID built from the request's messageId (``<messageId>@host``, or the emailId
-    # ``<messageId><index>$<address>`` of another address): the sender's own emailId shares it.
-    head = ref.partition("$")[0] if "$" in ref else ref.rpartition("@")[0]
-    message_id = head.rstrip("0123456789") if "$" in ref else head
-    if len(message_id) < 8:
-        return None
-    # Index lookups per campaign ((campaign_id, email) is unique); the prefix is checked here.
-    rows = session.execute(
+    # One index lookup per campaign ((campaign_id, email) is unique); prefixes are checked here.
+    sent = session.execute(
         select(
             CampaignRecipient.id,
             CampaignRecipient.campaign_id,
@@ -457,11 +472,12 @@ def _by_provider_id(session: Session, workspace_id: int, ref: str, from_email: s
         )
         .order_by(CampaignRecipient.id.desc())
     ).all()
-    for candidate in rows:
-        stored = candidate.provider_message_id or ""
-        index, dollar, _ = stored[len(message_id) :].partition("$")
-        if stored.startswith(message_id) and dollar and index.isdigit():
-            return Match(candidate.campaign_id, candidate.id, candidate.contact_id, "headers")
+    for prefix in prefixes:
+        for candidate in sent:
+            stored = candidate.provider_message_id or ""
+            index, dollar, _ = stored[len(prefix) :].partition("$")
+            if stored.startswith(prefix) and dollar and index.isdigit():
+                return Match(candidate.campaign_id, candidate.id, candidate.contact_id, "headers")
     return None
 
 
@@ -498,10 +514,13 @@ def match(
     the newest), the sender's address within the window otherwise."""
     now = now or utcnow()
     refs = list(mail.in_reply_to) + [r for r in reversed(mail.references) if r not in mail.in_reply_to]
-    for ref in refs[:50]:
-        found = _by_our_id(session, workspace_id, ref) or _by_provider_id(
-            session, workspace_id, ref, mail.from_email
-        )
+    refs = refs[:50]
+    for ref in refs:
+        found = _by_our_id(session, workspace_id, ref)
+        if found is not None:
+            return found
+    if refs:
+        found = _by_provider_id(session, workspace_id, refs, mail.from_email)
         if found is not None:
             return found
     return _by_address(session, workspace_id, mail.from_email, window_days=window_days, now=now)
