@@ -187,8 +187,8 @@ class ImportResult:
 def parse_addresses(data: bytes) -> list[str]:
     """The addresses of a CSV or TXT file, one per line (the first column of a CSV), validated.
 
-    A first line naming the column ("email", "邮箱") is skipped; blank lines are ignored; the
-    same address twice counts once.
+    A first line naming the column ("email", "邮箱", anything without an ``@``) is skipped;
+    blank lines are ignored; the same address twice counts once.
 
     :raises ImportRefused: with every bad line, when any line is not an address.
     """
@@ -207,8 +207,8 @@ def parse_addresses(data: bytes) -> list[str]:
         cell = _first_cell(line)
         if not cell:
             continue
-        if number == 1 and cell.strip().lower() in HEADER_NAMES:
-            continue
+        if number == 1 and (cell.strip().lower() in HEADER_NAMES or "@" not in cell):
+            continue  # a header line (whatever it is called, in whatever encoding it came)
         try:
             found[_valid(cell)] = None
         except InvalidInput as exc:
