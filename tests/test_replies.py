@@ -594,3 +594,30 @@ def test_scheduler_tick_reads_the_mailbox(app, session, workspace, imap, folder)
 
     assert session.scalar(select(Reply.recipient_id)) == rec.id
     assert session.scalar(select(ReplyMailbox.last_polled_at)) is not None
+
+
+def test_route_event_posted_to_the_webhook_becomes_a_reply(app, session, workspace):
+    """End to end: a signed SendCloud ``route`` post to the webhook URL, stored once however often."""
+    from tests.test_webhooks_endpoint import APP_KEY, add_account, path, signed
+
+    campaign = make_campaign(session, workspace.id, [("uma@example.net", None, None)])
+    rec = recipient(session, campaign, "uma@example.net")
+    add_account(session, workspace.id, APP_KEY)
+    headers = json.dumps({"Message-ID": "<hook-1@example.net>", "In-Reply-To": our_id(campaign, rec)})
+    form = signed(
+        APP_KEY,
+        event="route",
+        **{
+            "from": "Uma <uma@example.net>",
+            "subject": "Re: offer",
+            "text": "Sounds good",
+            "headers": headers,
+        },
+    )
+    client = app.test_client()
+    answers = [client.post(path(workspace.id), data=form).status_code for _ in range(3)]
+
+    assert answers == [200, 200, 200]
+    stored = session.scalars(select(Reply).where(Reply.workspace_id == workspace.id)).all()
+    assert [(r.source, r.recipient_id, r.text) for r in stored] == [("route", rec.id, "Sounds good")]
+    assert counters.totals(session, campaign.id)["replied"] == 1
