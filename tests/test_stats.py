@@ -279,3 +279,33 @@ def test_a_million_recipient_campaign_reads_in_well_under_a_second(session, work
     assert domains[0].key == "mail0.example.com"
     assert sum(r.counts["sent"] for r in domains) == summary.totals["sent"]
     assert elapsed < 1.5, f"stats took {elapsed:.2f} s"
+
+
+def test_top_domains_are_exact_when_a_domain_is_spread_thin(session, workspace):
+    """200 domains with one big hour each, and one domain with a little every hour whose total
+    beats them all: the ranking that skips small cells must still find it first."""
+    campaign = make_campaign(session, workspace.id)
+    for hour in range(72):
+        bump(session, campaign, "sent", 10, AT + dt.timedelta(hours=hour), domain="spread.example")
+    for i in range(200):
+        bump(
+            session,
+            campaign,
+            "sent",
+            700 - (i % 3),
+            AT + dt.timedelta(hours=i % 72),
+            domain=f"big{i:03d}.example",
+        )
+    session.commit()
+    rows = stats.breakdown(session, workspace.id, campaign.id, "domain", limit=5)
+    assert [r.key for r in rows[:5]] == [
+        "spread.example",
+        "big000.example",
+        "big003.example",
+        "big006.example",
+        "big009.example",
+    ]
+    assert rows[0].counts["sent"] == 720
+    assert rows[-1].counts["sent"] == 720 + sum(700 - (i % 3) for i in range(200)) - sum(
+        r.counts["sent"] for r in rows[:5]
+    )
