@@ -187,6 +187,11 @@ def test_sales_tags_the_repliers_and_an_exclusion_drops_exactly_them(page, works
     assert "replied spring" in page.inner_text(".flash")
     page.screenshot(path=str(ARTIFACTS / "sales_tagged_repliers.png"), full_page=True)
 
+    page.click('.plugin-nav a[href="/marketing/stats"]')
+    assert page.inner_text('#range-figures [data-total="total"]').strip() == "12"
+    assert page.get_attribute("#account-chart", "data-rendered") == "1"
+    page.screenshot(path=str(ARTIFACTS / "sales_account_stats.png"), full_page=True)
+
     tag = session.scalar(select(Tag).where(Tag.workspace_id == workspace.id, Tag.name == TAG))
     members = session.scalars(
         select(Contact.email)
