@@ -18,13 +18,15 @@ from flask import (
 )
 from flask_login import current_user
 from sqlalchemy import func, select
+from werkzeug.exceptions import HTTPException
 
-from ..access import PERMISSIONS, can, current_workspace, issue_token
+from ..access import PERMISSIONS, can, current_role, current_workspace, issue_token
 from ..account_status import account_status
+from ..campaigns import lifecycle
 from ..config import Settings
 from ..extension import get_state
 from ..i18n import SESSION_LOCALE_KEY, SESSION_TZ_KEY, _, _l, available_locales
-from ..models import ApiToken, Contact, SavedView, Tag, utcnow
+from ..models import ApiToken, Campaign, Contact, ProviderAccount, SavedView, Tag, Template, utcnow
 from ..schemas.common import MAX_BIG_ID
 from .security import check_csrf, guard_page, safe_next_url
 
@@ -39,6 +41,7 @@ def create_blueprint(settings: Settings) -> Blueprint:
     )
     bp.before_request(_guard)
     bp.context_processor(_template_context)
+    bp.register_error_handler(403, forbidden_page)
     bp.add_url_rule("/", view_func=dashboard)
     bp.add_url_rule("/preferences", view_func=preferences, methods=["POST"])
     bp.add_url_rule("/tokens", view_func=tokens, methods=["GET", "POST"])
@@ -115,12 +118,37 @@ def _template_context() -> dict:
     }
 
 
+def forbidden_page(error: HTTPException):
+    """A page the user's role may not open answers inside the plugin's layout, in the user's language,
+    with the way back, instead of the bare server "Forbidden" page.
+
+    Register it on page blueprints (``bp.register_error_handler(403, forbidden_page)``); JSON callers
+    and users without any marketing role keep the plain answer.
+    """
+    state = get_state()
+    role = current_role(state.role_loader)
+    wants_json = request.accept_mimetypes.best == "application/json" or request.is_json
+    if role is None or wants_json:
+        return error
+    g._marketing_role = role
+    current_workspace(state.session, state.workspace_key)
+    return render_template("marketing/forbidden.html", role=role), 403
+
+
 def _workspace_id() -> int:
     state = get_state()
     return current_workspace(state.session, state.workspace_key).id
 
 
+#: How many campaigns the overview lists (the newest first; the campaign list has the rest).
+RECENT_CAMPAIGNS = 5
+
+
 def dashboard():
+    """The overview: what is in the CRM, what is sending now, and where to start.
+
+    Small on purpose: the newest campaigns with their progress, the channels that can send, and
+    links to the two things users come here to do (a new campaign, a new template)."""
     state = get_state()
     ws = _workspace_id()
     s = state.session
@@ -128,8 +156,33 @@ def dashboard():
         "contacts": s.scalar(select(func.count()).where(Contact.workspace_id == ws)) or 0,
         "tags": s.scalar(select(func.count()).where(Tag.workspace_id == ws)) or 0,
         "views": s.scalar(select(func.count()).where(SavedView.workspace_id == ws)) or 0,
+        "templates": s.scalar(select(func.count()).where(Template.workspace_id == ws)) or 0,
     }
-    return render_template("marketing/dashboard.html", counts=counts)
+    recent = s.scalars(
+        select(Campaign)
+        .where(Campaign.workspace_id == ws)
+        .order_by(Campaign.created_at.desc(), Campaign.id.desc())
+        .limit(RECENT_CAMPAIGNS)
+    ).all()
+    accounts = s.scalars(
+        select(ProviderAccount).where(ProviderAccount.workspace_id == ws).order_by(ProviderAccount.id)
+    ).all()
+    return render_template(
+        "marketing/dashboard.html",
+        counts=counts,
+        recent=recent,
+        accounts=accounts,
+        lifecycle=lifecycle,
+        campaigns_url=_endpoint_url("marketing_campaigns.index"),
+        new_campaign_url=_endpoint_url("marketing_campaigns.new"),
+        new_template_url=_endpoint_url("marketing_templates.new"),
+        smtp_url=_endpoint_url("marketing_smtp.index"),
+    )
+
+
+def _endpoint_url(endpoint: str, **values: object) -> str | None:
+    """A link to a part of the plugin, or ``None`` when the host left that part out."""
+    return url_for(endpoint, **values) if endpoint in current_app.view_functions else None
 
 
 def preferences():

@@ -23,6 +23,7 @@ from ..models import ProviderAccount
 from ..schemas.common import MAX_ID
 from ..schemas.quota import CapForm, CapListArgs, ForecastArgs, ShareForm
 from . import admin
+from .admin import forbidden_page
 from .security import guard_page, safe_next_url
 
 #: Days of history in the chart.
@@ -32,6 +33,7 @@ HISTORY_DAYS = 30
 def create_blueprint(settings: Settings) -> Blueprint:
     bp = Blueprint("marketing_quota", __name__, template_folder="../templates")
     bp.before_request(guard_page)
+    bp.register_error_handler(403, forbidden_page)
     bp.context_processor(admin._template_context)
     bp.add_url_rule("/quota", view_func=index)
     bp.add_url_rule("/quota/refresh", view_func=refresh, methods=["POST"])

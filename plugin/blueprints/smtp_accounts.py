@@ -22,6 +22,7 @@ from ..i18n import _
 from ..schemas.common import MAX_ID
 from ..schemas.smtp_accounts import DEFAULT_DAILY_LIMIT, MAX_DKIM_KEY_BYTES, SECURITY_CHOICES, SmtpAccountIn
 from . import admin
+from .admin import forbidden_page
 from .security import guard_page
 
 ACCOUNT = f"/smtp/<int(min=1,max={MAX_ID}):account_id>"
@@ -42,6 +43,7 @@ _ECHOED = (
 def create_blueprint(settings: Settings) -> Blueprint:
     bp = Blueprint("marketing_smtp", __name__, template_folder="../templates")
     bp.before_request(lambda: guard_page("settings"))
+    bp.register_error_handler(403, forbidden_page)
     bp.context_processor(admin._template_context)
     bp.add_url_rule("/smtp", endpoint="index", view_func=index)
     bp.add_url_rule("/smtp/new", endpoint="new", view_func=new, methods=["GET", "POST"])

@@ -35,6 +35,7 @@ from ..schemas.templates import (
     TemplateForm,
 )
 from . import admin
+from .admin import forbidden_page
 from .security import guard_page
 
 TEMPLATE_ID = "<int(min=1,max=2147483647):template_id>"
@@ -44,6 +45,7 @@ PER_PAGE = 50
 def create_blueprint(settings: Settings) -> Blueprint:
     bp = Blueprint("marketing_templates", __name__, template_folder="../templates")
     bp.before_request(guard_page)
+    bp.register_error_handler(403, forbidden_page)
     bp.context_processor(admin._template_context)
     rules: list[tuple[str, Any, list[str]]] = [
         ("/templates", index, ["GET"]),

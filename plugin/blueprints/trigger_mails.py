@@ -18,6 +18,7 @@ from ..config import Settings
 from ..extension import get_state
 from ..models import ProviderAccount
 from . import admin
+from .admin import forbidden_page
 from .security import guard_page
 
 PER_PAGE = 50
@@ -40,6 +41,7 @@ class LogArgs(Schema):
 def create_blueprint(settings: Settings) -> Blueprint:
     bp = Blueprint("marketing_trigger", __name__, template_folder="../templates")
     bp.before_request(guard_page)
+    bp.register_error_handler(403, forbidden_page)
     bp.context_processor(admin._template_context)
     bp.add_url_rule("/trigger-mail", endpoint="index", view_func=index)
     return bp
