@@ -35,6 +35,7 @@ from ..models import Campaign, ProviderAccount, Sender, Template
 from ..schemas import campaigns as schemas
 from ..schemas.common import MAX_ID
 from . import admin
+from .admin import forbidden_page
 from .security import guard_page
 
 CAMPAIGN = f"/campaigns/<int(min=1,max={MAX_ID}):campaign_id>"
@@ -45,6 +46,7 @@ APPROVAL_ENDPOINTS = frozenset({"marketing_campaigns.approve", "marketing_campai
 def create_blueprint(settings: Settings) -> Blueprint:
     bp = Blueprint("marketing_campaigns", __name__, template_folder="../templates")
     bp.before_request(_guard)
+    bp.register_error_handler(403, forbidden_page)
     bp.context_processor(admin._template_context)
     bp.add_url_rule("/campaigns", view_func=index)
     bp.add_url_rule("/campaigns/new", view_func=new, methods=["GET", "POST"])
@@ -397,7 +399,10 @@ def audience_count():
         else None
     )
     state.session.commit()
-    return jsonify(counts=counts.as_dict(), errors=errors, forecast=forecast.as_dict() if forecast else None)
+    forecast_data = forecast.as_dict() if forecast else None
+    if forecast_data is not None and account is not None:
+        forecast_data["channel"] = account.kind  # an SMTP mailbox costs nothing per mail
+    return jsonify(counts=counts.as_dict(), errors=errors, forecast=forecast_data)
 
 
 def status(campaign_id: int):
@@ -457,9 +462,17 @@ def show(campaign_id: int):
         lifecycle=lifecycle,
         can_write=can("campaigns.write", state.role_loader),
         can_approve=can("settings", state.role_loader),
+        stats_url=_optional_url("marketing_stats.campaign", campaign_id=campaign.id),
     )
     s.commit()
     return html
+
+
+def _optional_url(endpoint: str, **values: object) -> str | None:
+    """A link to another part of the plugin, or ``None`` when the host left that part out."""
+    if endpoint not in current_app.view_functions:
+        return None
+    return url_for(endpoint, **values)
 
 
 # -- actions ------------------------------------------------------------------------------------

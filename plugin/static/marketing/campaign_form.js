@@ -56,7 +56,8 @@
     if (!data) { forecast.hidden = true; return; }
     const cell = function (key) { return forecast.querySelector('[data-forecast="' + key + '"]'); };
     cell("recipients").textContent = numbers.format(data.recipients);
-    cell("estimated_cost").textContent = text.currency + Number(data.estimated_cost || 0).toFixed(2);
+    cell("estimated_cost").textContent = data.channel === "smtp" ? text.noCost
+      : text.currency + Number(data.estimated_cost || 0).toFixed(2);
     cell("remaining_today").textContent = data.remaining_today === null ? text.unknown : numbers.format(data.remaining_today);
     cell("days_needed").textContent = data.days_needed === null ? text.unknown
       : (data.days_needed <= 1 ? text.oneDay : text.days.replace("%(n)s", data.days_needed));
@@ -64,8 +65,14 @@
     forecast.hidden = false;
   }
 
+  // The first count runs before the user has touched anything: an empty new form is not an error yet
+  // (a form sent back with errors shows them beside the fields anyway).
+  let quiet = true;
+
   function refresh() {
     const mine = ++serial;
+    const silent = quiet;
+    quiet = false;
     counts.classList.add("mkt-counting");
     counts.setAttribute("aria-busy", "true");
     fetch(form.getAttribute("data-count-url") + "?" + query().toString(), {
@@ -75,7 +82,7 @@
     }).then(function (result) {
       if (mine !== serial) return;  // an older answer arriving late must not win
       setCounts(result.body.counts);
-      showProblem(result.body.errors);
+      showProblem(silent && !result.body.counts ? null : result.body.errors);
       showForecast(result.body.forecast);
     }).catch(function () {
       if (mine !== serial) return;
