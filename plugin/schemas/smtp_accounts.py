@@ -12,6 +12,7 @@ from typing import Any
 
 from marshmallow import EXCLUDE, Schema, fields, pre_load, validate
 
+from ..i18n import _, _l
 from .common import text_problem
 
 SECURITY_CHOICES = ("starttls", "ssl", "none")
@@ -27,6 +28,18 @@ _SELECTOR = validate.Regexp(
     r"^[A-Za-z0-9]([A-Za-z0-9\-_.]{0,61}[A-Za-z0-9])?$",
     error="A selector uses letters, digits, - and _ (for example s1 or mail2024).",
 )
+
+
+class _Message(str):
+    """A field error message that marshmallow keeps as a plain ``str`` (it refuses lazy strings for
+    ``error_messages``) and that is translated when the error is raised, in the user's language."""
+
+    __slots__ = ()
+
+    def format(self, *args: Any, **kwargs: Any) -> str:
+        return _(str(self)).format(*args, **kwargs)
+
+
 _OPTIONAL = ("username", "password", "send_rate", "dkim_selector", "dkim_private_key")
 
 
@@ -36,13 +49,39 @@ class SmtpAccountIn(Schema):
     class Meta:
         unknown = EXCLUDE  # csrf_token, submit buttons, the uploaded file's field
 
-    name = fields.String(required=True, validate=validate.Length(min=1, max=120))
-    host = fields.String(required=True, validate=[validate.Length(min=1, max=255), _HOST])
-    port = fields.Integer(required=True, strict=False, validate=validate.Range(min=1, max=65535))
+    # Messages users read beside the field (marshmallow's defaults, such as "Length must be between
+    # 1 and 120.", say nothing about what to type and are not translated).
+    name = fields.String(
+        required=True,
+        validate=validate.Length(min=1, max=120, error=_l("Give the account a name of 1 to 120 characters.")),
+        error_messages={"required": _Message(_l("Give the account a name, for example “Sales mailbox”."))},
+    )
+    host = fields.String(
+        required=True,
+        validate=[validate.Length(max=255), _HOST],
+        error_messages={"required": _Message(_l("Enter the SMTP server, for example smtp.exmail.qq.com."))},
+    )
+    port = fields.Integer(
+        required=True,
+        strict=False,
+        validate=validate.Range(min=1, max=65535, error=_l("Enter a port from 1 to 65535.")),
+        error_messages={
+            "required": _Message(_l("Enter a port from 1 to 65535.")),
+            "invalid": _Message(_l("Enter a port from 1 to 65535.")),
+        },
+    )
     security = fields.String(load_default="starttls", validate=validate.OneOf(SECURITY_CHOICES))
     username = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=255))
     password = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=255))
-    from_address = fields.Email(required=True, validate=validate.Length(max=320))
+    # A plain string with the Email validator: fields.Email only takes a fixed (untranslated) message.
+    from_address = fields.String(
+        required=True,
+        validate=[
+            validate.Length(max=320),
+            validate.Email(error=_l("Enter a valid email address, such as sales@example.com.")),
+        ],
+        error_messages={"required": _Message(_l("Enter the address mails are sent from."))},
+    )
     daily_limit = fields.Integer(
         load_default=DEFAULT_DAILY_LIMIT, validate=validate.Range(min=1, max=10_000_000)
     )
@@ -68,7 +107,7 @@ class SmtpAccountIn(Schema):
         for key in ("name", "host", "username", "from_address", "dkim_selector"):
             if isinstance(cleaned.get(key), str):
                 cleaned[key] = cleaned[key].strip()
-        for key in (*_OPTIONAL, "daily_limit"):
+        for key in (*_OPTIONAL, "daily_limit", "name", "host", "port", "from_address"):
             if cleaned.get(key) in ("", None):
                 cleaned.pop(key, None)
         if "remove_dkim" in cleaned:
