@@ -30,7 +30,7 @@ soak: $(STAMP) services
 	MARKETING_TEST_DATABASE=postgres $(PY) -m pytest -p no:cacheprovider -m slow
 
 # Benchmarks print ratios against a floor measured in the same run (bench/README.md).
-BENCHES ?= audience dispatch smtp memory scheduler_lateness
+BENCHES ?= audience dispatch smtp memory scheduler_lateness stats
 bench: $(STAMP) services
 	@for b in $(BENCHES); do if test -f bench/$$b.py; then $(PY) -m bench.$$b --profile quick || exit 1; fi; done
 
