@@ -15,6 +15,7 @@ which is enough for per-hour and per-day series in any time zone with whole-hour
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections import defaultdict
 from collections.abc import Iterable
 from zoneinfo import ZoneInfo
@@ -126,14 +127,22 @@ def add_rows(session: Session, rows: Iterable[dict]) -> None:
     if not merged:
         return
     ordered = [merged[k] for k in sorted(merged, key=lambda k: (k[0], k[1], k[2], k[3], k[4].isoformat()))]
-    make_insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    for start in range(0, len(ordered), 500):  # one multi-row upsert (keys are distinct after merging)
-        statement = make_insert(StatCounter).values(ordered[start : start + 500])
-        statement = statement.on_conflict_do_update(
-            index_elements=["campaign_id", "metric", "dimension", "key", "bucket"],
-            set_={"count": _TABLE.c["count"] + statement.excluded["count"]},
-        )
-        session.execute(statement)
+    session.execute(_upsert(session.get_bind().dialect.name), ordered)
+
+
+@functools.cache
+def _upsert(dialect: str):
+    """One upsert statement per dialect, built once and run as an executemany.
+
+    Building ``INSERT ... VALUES`` with the rows inlined costs SQLAlchemy more per bump than the
+    database work (every value is coerced and the statement compiled anew).
+    """
+    make_insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    statement = make_insert(_TABLE)
+    return statement.on_conflict_do_update(
+        index_elements=["campaign_id", "metric", "dimension", "key", "bucket"],
+        set_={"count": _TABLE.c["count"] + statement.excluded["count"]},
+    )
 
 
 def send_rows(

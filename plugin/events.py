@@ -136,10 +136,13 @@ def record(
         "data": info,
     }
     make_insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    result = session.execute(
-        make_insert(Event).values(**values).on_conflict_do_nothing(index_elements=["dedupe_key"])
-    )
-    if not result.rowcount:
+    inserted = session.execute(
+        make_insert(Event.__table__)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["dedupe_key"])
+        .returning(Event.__table__.c.id)
+    ).first()
+    if inserted is None:  # stored before: a repeat changes nothing
         return False
     if info.get("ignored"):
         return True

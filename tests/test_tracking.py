@@ -1,0 +1,123 @@
+"""tracking: one salt per purpose, link rewriting, RFC 8058 header values, machine heuristics,
+the mailto unsubscribe subject."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from plugin import tracking
+from plugin.campaigns import rendering
+from plugin.errors import InvalidInput
+from plugin.models import Template
+
+NOW = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
+
+
+def test_tokens_carry_ids_and_work_only_for_their_purpose(settings_like):
+    s = settings_like
+    opened = tracking.open_token(s, 3, 44)
+    clicked = tracking.click_token(s, 3, 44)
+    unsub = tracking.unsubscribe_token(s, 3, 44)
+    assert len({opened, clicked, unsub}) == 3
+    assert tracking.read_open(s, opened) == (3, 44)
+    assert tracking.read_click(s, clicked) == (3, 44)
+    assert tracking.read_unsubscribe(s, unsub) == (3, 44)
+    for reader, token in (
+        (tracking.read_open, clicked),
+        (tracking.read_click, unsub),
+        (tracking.read_unsubscribe, opened),
+    ):
+        with pytest.raises(InvalidInput):
+            reader(s, token)
+    assert tracking.unsubscribe_url(s, 3, 44) == f"https://m.example.com/m/u/{unsub}"
+
+
+@pytest.fixture
+def settings_like():
+    import dataclasses
+
+    from plugin.config import load_settings
+
+    return dataclasses.replace(
+        load_settings({"SECRET_KEY": "k"}), public_base_url="https://m.example.com", public_url_prefix="/m"
+    )
+
+
+def test_rewrite_links_keeps_placeholders_code_and_mailto_and_adds_one_pixel():
+    template = Template(
+        subject="Hi",
+        html=(
+            "<html><head><style>a{color:red}</style></head><body>"
+            "<a href='https://a.example/x?y=1&amp;z=2'>A</a> <a href=\"{unsubscribe}\">U</a>"
+            '<a href="https://a.example/{email}">per person</a> <a href="mailto:s@x.org">M</a>'
+            "<script>var u='<a href=\"https://in.script/\">';</script></body></html>"
+        ),
+    )
+    content = rendering.compile_content(
+        template, sender=None, company_name="", postal_address="", tracking=True
+    )
+    urls = rendering.tracked_urls(content)
+    assert urls == ["https://a.example/x?y=1&z=2"]
+    out = rendering.rewrite_links(
+        content,
+        {urls[0]: 7},
+        click_url=lambda i: f"https://t/m/c/{i}/%mkt_click%",
+        open_url="https://t/o/%mkt_open%.gif",
+    )
+    assert 'href="https://t/m/c/7/%mkt_click%"' in out.html  # the CSS inliner re-quotes attributes
+    assert 'href="%unsubscribe_url%"' in out.html
+    assert "mailto:s@x.org" in out.html
+    assert "https://in.script/" in out.html
+    assert out.html.count('<img src="https://t/o/%mkt_open%.gif"') == 1
+    assert out.html.index("%mkt_open%") < out.html.index("</body>")
+    assert out.size_bytes == len(out.html.encode())
+    assert out.text == content.text
+
+
+def test_list_unsubscribe_headers(settings_like):
+    h = tracking.list_unsubscribe_headers(settings_like, "reply@example.com", "mkt_unsub")
+    assert h == {
+        "List-Unsubscribe": "<https://m.example.com/m/u/%mkt_unsub%>, "
+        "<mailto:reply@example.com?subject=unsubscribe-%mkt_unsub%>",
+        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+    }
+    odd = tracking.list_unsubscribe_headers(settings_like, "Sales <s@x.org>", "mkt_unsub")
+    assert odd["List-Unsubscribe"] == "<https://m.example.com/m/u/%mkt_unsub%>"  # no unsafe mailto
+
+
+def test_an_unsubscribe_mail_subject_names_its_recipient(settings_like):
+    token = tracking.unsubscribe_token(settings_like, 2, 9)
+    assert tracking.unsubscribe_from_subject(settings_like, f"Re: {tracking.mailto_subject(token)}") == (2, 9)
+    assert tracking.unsubscribe_from_subject(settings_like, "unsubscribe-" + token[:-1] + "A") is None
+    assert tracking.unsubscribe_from_subject(settings_like, "Re: your offer") is None
+
+
+@pytest.mark.parametrize(
+    ("method", "agent", "machine"),
+    [
+        ("GET", "Mozilla/5.0 (Macintosh) AppleWebKit/605.1.15 Mail", False),
+        ("HEAD", "Mozilla/5.0", True),
+        ("GET", "", True),
+        ("GET", None, True),
+        ("GET", "Mozilla/5.0 (via ggpht.com GoogleImageProxy)", True),
+        ("GET", "YahooMailProxy; https://help.yahoo.com", True),
+        ("GET", "python-requests/2.32", True),
+        ("GET", "Mozilla/5.0 (compatible; Barracuda Sentinel)", True),
+    ],
+)
+def test_machine_agents(method, agent, machine):
+    assert tracking.is_machine_agent(method, agent) is machine
+
+
+def test_timing_heuristics():
+    sent = NOW - dt.timedelta(seconds=2)
+    assert tracking.is_machine_open(sent_at=sent, at=NOW)
+    assert not tracking.is_machine_open(sent_at=NOW - dt.timedelta(minutes=3), at=NOW)
+    assert not tracking.is_machine_open(sent_at=None, at=NOW)
+    assert tracking.is_machine_click(sent_at=sent, at=NOW, other_link_clicks_within_burst=0)
+    assert tracking.is_machine_click(sent_at=None, at=NOW, other_link_clicks_within_burst=1)
+    assert not tracking.is_machine_click(
+        sent_at=NOW - dt.timedelta(hours=1), at=NOW, other_link_clicks_within_burst=0
+    )
