@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import time
+from collections.abc import Callable
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import case, func, select, update
@@ -51,6 +53,9 @@ RELEASED = "released"
 EXPIRED = "expired"
 
 CHANNELS = ("batch", "trigger")
+
+#: Built once: a reservation row is inserted per grant (Core, no unit of work).
+_INSERT_RESERVATION = QuotaReservation.__table__.insert().returning(QuotaReservation.__table__.c.id)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -84,6 +89,7 @@ def ensure_ledger(
     limit: int,
     *,
     owner: str = "",
+    commit: bool = True,
 ) -> int:
     """The id of the ledger row for (account, channel, owner, day), created with ``limit`` if needed.
 
@@ -92,7 +98,9 @@ def ensure_ledger(
 
     Safe when several workers create the same row at once: the insert does nothing on a
     conflict (PostgreSQL and SQLite), or a unique violation is caught elsewhere. An existing
-    row keeps its limit (``reconcile`` is what changes limits). Commits.
+    row keeps its limit (``reconcile`` is what changes limits). Commits, unless ``commit=False``
+    (the send gate's one-transaction path; the insert then waits on nothing but a concurrent
+    insert of the same row).
     """
     if channel not in CHANNELS:
         raise ValueError(f"unknown quota channel {channel!r}")
@@ -118,7 +126,8 @@ def ensure_ledger(
         statement = dialect_insert(QuotaLedger).values(**values)
         conflict_columns = ["account_id", "channel", "owner", "day"]
         session.execute(statement.on_conflict_do_nothing(index_elements=conflict_columns))
-        session.commit()
+        if commit:
+            session.commit()
     else:  # pragma: no cover - other databases are not supported targets, but stay correct
         try:
             with session.begin_nested():
@@ -196,21 +205,33 @@ def reserve(
     lease_seconds: float = LEASE_SECONDS,
     now: dt.datetime | None = None,
     batch_id: int | None = None,
+    commit: bool = True,
+    expire: bool = True,
 ) -> Reservation | None:
-    """Reserve up to ``n`` on the ledger; ``None`` when nothing is left. Commits.
+    """Reserve up to ``n`` on the ledger; ``None`` when nothing is left. Commits unless ``commit=False``.
 
     The grant is ``min(n, remaining)`` from a fresh read, taken by one conditional UPDATE that
     only matches while the ledger still has that much left. If another worker got there first the
     UPDATE matches no row and we re-read and retry with the smaller remainder (a bounded number of
     times), so a refusal means the ledger really was empty.
+
+    ``expire=False`` skips the stale-lease sweep while the ledger can grant all of ``n`` anyway
+    (the send gate sweeps on its own schedule); a ledger that is short is always swept first, so
+    a refusal or a partial grant still means the quota really is taken.
     """
     if n <= 0:
         raise ValueError("reserve needs a positive amount")
     now = now or utcnow()
-    expire_stale(session, ledger_id, now)
+    swept = expire
+    if expire:
+        expire_stale(session, ledger_id, now)
     granted = 0
     for _attempt in range(MAX_ATTEMPTS):
         left = remaining(session, ledger_id)
+        if left < n and not swept:
+            swept = True
+            if expire_stale(session, ledger_id, now):
+                left = remaining(session, ledger_id)
         if left <= 0:
             break
         want = min(n, left)
@@ -227,16 +248,23 @@ def reserve(
             granted = want
             break
     if not granted:
-        session.commit()
+        if commit:
+            session.commit()
         return None
     lease_until = now + dt.timedelta(seconds=lease_seconds)
-    row = QuotaReservation(
-        ledger_id=ledger_id, amount=granted, status=HELD, lease_until=lease_until, batch_id=batch_id
-    )
-    session.add(row)
-    session.flush()
-    reservation = Reservation(row.id, ledger_id, granted, lease_until, batch_id)
-    session.commit()
+    reservation_id = session.execute(
+        _INSERT_RESERVATION,
+        {
+            "ledger_id": ledger_id,
+            "amount": granted,
+            "status": HELD,
+            "lease_until": lease_until,
+            "batch_id": batch_id,
+        },
+    ).scalar_one()
+    reservation = Reservation(reservation_id, ledger_id, granted, lease_until, batch_id)
+    if commit:
+        session.commit()
     return reservation
 
 
@@ -420,6 +448,7 @@ __all__ = [
     "LEASE_SECONDS",
     "PROVIDER_TZ",
     "Blocked",
+    "GateCache",
     "Grant",
     "Reservation",
     "commit_reservation",
@@ -496,46 +525,128 @@ def _trigger_share(session: Session, workspace_id: int, daily_quota: int) -> int
     return max(0, min(daily_quota, int(allocation.trigger_share(session, workspace_id, daily_quota))))
 
 
+@dataclasses.dataclass
+class GateCache:
+    """What the gate reads on every call and what changes rarely, kept for ``ttl`` seconds.
+
+    Why: a campaign asks the gate before each 100-recipient batch, many times a second; the
+    latest account snapshot (written by the sync every few minutes), the trigger share (an admin
+    setting) and the ledger row ids (fixed for a provider day) were read from the database each
+    time, twice for the snapshot.  A worker keeps one of these in its run context; callers
+    without one (trigger mail, the resume probe, tests) read everything fresh.  What is cached
+    only feeds the ledger *limit* and the balance check, both of which already trail the
+    provider by a sync interval; the grant itself is always the atomic UPDATE on the ledger row,
+    so caching can never grant more than the ledger allows.  The stale-lease sweep runs at most
+    every ``sweep_seconds`` (and always when a ledger is short, see ``reserve``).
+    """
+
+    ttl: float = 5.0
+    sweep_seconds: float = 30.0
+    clock: Callable[[], float] = time.monotonic
+    _values: dict[tuple, tuple[float, object]] = dataclasses.field(default_factory=dict)
+    _ledgers: dict[tuple, int] = dataclasses.field(default_factory=dict)
+    _swept: dict[int, float] = dataclasses.field(default_factory=dict)
+
+    def get(self, key: tuple, load: Callable[[], object]) -> object:
+        now = self.clock()
+        hit = self._values.get(key)
+        if hit is not None and now - hit[0] < self.ttl:
+            return hit[1]
+        value = load()
+        self._values[key] = (now, value)
+        return value
+
+    def ledger(self, key: tuple, load: Callable[[], int | None]) -> int | None:
+        """A ledger id (fixed for its day) once it exists; ``None`` until then, so a row created
+        in a transaction that is then rolled back is never remembered."""
+        ledger_id = self._ledgers.get(key)
+        if ledger_id is None:
+            if len(self._ledgers) > 64:  # one provider day after another in a long-lived worker
+                self._ledgers.clear()
+            ledger_id = load()
+            if ledger_id is not None:
+                self._ledgers[key] = ledger_id
+        return ledger_id
+
+    def sweep_due(self, ledger_id: int) -> bool:
+        now = self.clock()
+        if now - self._swept.get(ledger_id, float("-inf")) >= self.sweep_seconds:
+            self._swept[ledger_id] = now
+            return True
+        return False
+
+    def forget(self) -> None:
+        self._values.clear()
+        self._ledgers.clear()
+        self._swept.clear()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _SnapshotFigures:
+    daily_quota: int | None
+    available_balance: object
+
+
+def _snapshot_figures(session: Session, account_id: int) -> _SnapshotFigures | None:
+    row = session.execute(
+        select(AccountSnapshot.daily_quota, AccountSnapshot.available_balance)
+        .where(AccountSnapshot.account_id == account_id)
+        .order_by(AccountSnapshot.fetched_at.desc(), AccountSnapshot.id.desc())
+        .limit(1)
+    ).first()
+    return None if row is None else _SnapshotFigures(row.daily_quota, row.available_balance)
+
+
 def _channel_limit(
-    session: Session, workspace_id: int, account: ProviderAccount, channel: str, now: dt.datetime
+    session: Session,
+    workspace_id: int,
+    account: ProviderAccount,
+    channel: str,
+    now: dt.datetime,
+    snapshot: _SnapshotFigures | None = None,
+    cache: GateCache | None = None,
 ) -> int | Blocked:
     """Today's limit of the account's ledger for ``channel``, or why there is none."""
     if account.kind != "sendcloud":
         return int(account.daily_limit) if account.daily_limit is not None else UNLIMITED
-    snapshot = latest_snapshot(session, account.id)
     if snapshot is None or snapshot.daily_quota is None:
         return Blocked("not_synced", "", now + dt.timedelta(minutes=1))
     quota = int(snapshot.daily_quota)
-    share = _trigger_share(session, workspace_id, quota)
+    if cache is None:
+        share = _trigger_share(session, workspace_id, quota)
+    else:
+        share = int(
+            cache.get(("share", workspace_id, quota), lambda: _trigger_share(session, workspace_id, quota))
+        )  # type: ignore[call-overload]
     if channel == "trigger":
         return share if share > 0 else quota
     return quota - share
 
 
 def _balance_allows(
-    session: Session, account: ProviderAccount, n: int, price: float, now: dt.datetime
+    account: ProviderAccount, n: int, price: float, now: dt.datetime, snapshot: _SnapshotFigures | None
 ) -> int | Blocked:
     """How many of ``n`` mails the available balance pays for (SendCloud only)."""
     if account.kind != "sendcloud" or price <= 0:
         return n
-    snapshot = latest_snapshot(session, account.id)
     available = snapshot.available_balance if snapshot is not None else None
     if available is None:
         return n
-    affordable = int(float(available) // price)
+    affordable = int(float(available) // price)  # type: ignore[arg-type]
     if affordable <= 0:
         return Blocked("balance", "", now + RECHECK_AFTER)
     return min(n, affordable)
 
 
-def _set_limit(session: Session, ledger_id: int, limit: int) -> None:
+def _set_limit(session: Session, ledger_id: int, limit: int, *, commit: bool = True) -> None:
     session.execute(
         update(QuotaLedger)
         .where(QuotaLedger.id == ledger_id, QuotaLedger.limit != limit)
         .values(limit=limit)
         .execution_options(synchronize_session=False)
     )
-    session.commit()
+    if commit:
+        session.commit()
 
 
 def reserve_for_send(
@@ -550,56 +661,83 @@ def reserve_for_send(
     team: str | None = None,
     now: dt.datetime | None = None,
     lease_seconds: float = LEASE_SECONDS,
+    commit: bool = True,
+    cache: GateCache | None = None,
 ) -> Grant | Blocked:
     """Reserve up to ``n`` mails for one send, or say why nothing can go now. Commits.
 
     Order: balance (what the money pays for) → the owner's cap (batch mail only) → the account's
     ledger.  A cap reservation that the account ledger cannot match is given back at once.
+
+    ``commit=False``: nothing is committed, so the caller claims its recipients in the same
+    transaction (a worker killed in between leaves nothing held; on a ``Blocked`` answer the
+    caller rolls back or commits, both are consistent).  ``cache``: see :class:`GateCache`.
     """
     if n <= 0:
         raise ValueError("reserve_for_send needs a positive amount")
     now = now or utcnow()
     day = provider_day(now)
-    limit = _channel_limit(session, workspace_id, account, channel, now)
+    snapshot: _SnapshotFigures | None = None
+    if account.kind == "sendcloud":
+        if cache is None:
+            snapshot = _snapshot_figures(session, account.id)
+        else:
+            snapshot = cache.get(("snapshot", account.id), lambda: _snapshot_figures(session, account.id))  # type: ignore[assignment]
+    limit = _channel_limit(session, workspace_id, account, channel, now, snapshot, cache)
     if isinstance(limit, Blocked):
         return limit
-    affordable = _balance_allows(session, account, n, float(settings.price_per_mail), now)
+    affordable = _balance_allows(account, n, float(settings.price_per_mail), now, snapshot)
     if isinstance(affordable, Blocked):
         return affordable
     want = affordable
+
+    def take(ledger_id: int, amount: int) -> Reservation | None:
+        expire = cache is None or cache.sweep_due(ledger_id)
+        return reserve(
+            session, ledger_id, amount, lease_seconds=lease_seconds, now=now, commit=commit, expire=expire
+        )
 
     cap_reservation: Reservation | None = None
     if channel == "batch" and (owner_id or team):
         from . import allocation
 
-        cap = allocation.cap_for(session, workspace_id, owner_id, team)
+        if cache is None:
+            cap = allocation.cap_for(session, workspace_id, owner_id, team)
+        else:
+            cap = cache.get(  # type: ignore[assignment]
+                ("cap", workspace_id, owner_id, team),
+                lambda: allocation.cap_for(session, workspace_id, owner_id, team),
+            )
         if cap is not None:
             owner_key, cap_limit = cap
             cap_ledger = ensure_ledger(
-                session, workspace_id, account.id, channel, day, cap_limit, owner=owner_key
+                session, workspace_id, account.id, channel, day, cap_limit, owner=owner_key, commit=commit
             )
-            _set_limit(session, cap_ledger, int(cap_limit))
-            cap_reservation = reserve(session, cap_ledger, want, lease_seconds=lease_seconds, now=now)
+            _set_limit(session, cap_ledger, int(cap_limit), commit=commit)
+            cap_reservation = take(cap_ledger, want)
             if cap_reservation is None:
                 return Blocked("cap", "", next_provider_midnight(now))
             want = cap_reservation.amount
 
-    ledger_id = ensure_ledger(session, workspace_id, account.id, channel, day, limit)
-    reservation = reserve(session, ledger_id, want, lease_seconds=lease_seconds, now=now)
+    if cache is None:
+        ledger_id = ensure_ledger(session, workspace_id, account.id, channel, day, limit, commit=commit)
+    else:
+        ledger_id = cache.ledger(
+            (account.id, channel, day), lambda: _ledger_id(session, account.id, channel, day)
+        ) or ensure_ledger(session, workspace_id, account.id, channel, day, limit, commit=commit)
+    reservation = take(ledger_id, want)
     if reservation is None:
         if cap_reservation is not None:
-            release(session, cap_reservation.id)
+            release(session, cap_reservation.id, commit=commit)
         return Blocked("quota", "", next_provider_midnight(now))
     if cap_reservation is not None and reservation.amount < cap_reservation.amount:
         # Keep the cap's hold equal to what the account granted: swap it for an exact one.
-        release(session, cap_reservation.id)
-        cap_reservation = reserve(
-            session, cap_reservation.ledger_id, reservation.amount, lease_seconds=lease_seconds, now=now
-        )
+        release(session, cap_reservation.id, commit=commit)
+        cap_reservation = take(cap_reservation.ledger_id, reservation.amount)
         if cap_reservation is None or cap_reservation.amount < reservation.amount:
             if cap_reservation is not None:
-                release(session, cap_reservation.id)
-            release(session, reservation.id)
+                release(session, cap_reservation.id, commit=commit)
+            release(session, reservation.id, commit=commit)
             return Blocked("cap", "", next_provider_midnight(now))
     return Grant(reservation.amount, reservation.id, cap_reservation.id if cap_reservation else None)
 

@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.orm import Session
 
 from .. import quota
@@ -53,6 +53,7 @@ from ..models import (
     Campaign,
     CampaignRecipient,
     ProviderAccount,
+    QuotaReservation,
     SendBatch,
     Sender,
     Template,
@@ -106,6 +107,8 @@ class RunContext:
     on_step: StepHook | None = None
     #: How long a claimed batch belongs to this worker (crash tests shorten it to restart fast).
     batch_lease: dt.timedelta = BATCH_LEASE
+    #: The send gate's short-lived cache (snapshot, trigger share, ledger ids; see quota.GateCache).
+    gate: quota.GateCache = dataclasses.field(default_factory=quota.GateCache)
     _providers: dict[tuple[int, str], Provider] = dataclasses.field(default_factory=dict)
     _contents: dict[tuple[int, int | None, int | None], Any] = dataclasses.field(default_factory=dict)
 
@@ -444,49 +447,72 @@ def run_batch(session: Session, campaign_id: int, ctx: RunContext) -> str:
     batch = _take_over_stale_batch(session, campaign, account, ctx, now)
     if isinstance(batch, str):
         return batch
-    if batch is None:
-        has_pending = session.scalar(
-            select(CampaignRecipient.id)
-            .where(CampaignRecipient.campaign_id == campaign.id, CampaignRecipient.status == "pending")
-            .limit(1)
-        )
-        if has_pending is None:
-            session.rollback()
+    if batch is not None:
+        return _send(session, facts, account_facts, batch, ctx, now)
+    # A fresh batch: reserve, claim and build in ONE transaction, committed with attempts=1
+    # right before the provider call (a worker killed earlier leaves nothing behind).
+    owner_id, team = campaign.owner_id, campaign.team
+    grant = quota.reserve_for_send(
+        session,
+        workspace_id=facts.workspace_id,
+        account=account,
+        n=min(ctx.settings.batch_size, _max_batch(account)),
+        settings=ctx.settings,
+        owner_id=owner_id,
+        team=team,
+        now=now,
+        commit=False,
+        cache=ctx.gate,
+    )
+    if isinstance(grant, quota.Blocked):
+        session.rollback()
+        if not _has_pending(session, campaign_id):  # nothing left to send: no reason to pause
             return DONE if _complete_if_finished(session, campaign, now) else IDLE
-        grant = quota.reserve_for_send(
-            session,
-            workspace_id=campaign.workspace_id,
-            account=account,
-            n=min(ctx.settings.batch_size, _max_batch(account)),
-            settings=ctx.settings,
-            owner_id=campaign.owner_id,
-            team=campaign.team,
-            now=now,
-        )
-        if isinstance(grant, quota.Blocked):
-            campaign = _campaign(session, campaign_id)
-            if campaign is not None and campaign.status == lifecycle.RUNNING:
-                _pause(
-                    session,
-                    campaign,
-                    grant.reason,
-                    detail=grant.detail or None,
-                    retry_at=grant.retry_at,
-                    now=now,
-                )
-            return BLOCKED
-        ctx.step("batch:reserved")
-        batch = _claim(session, facts, account_facts, grant, now, ctx)
-        if batch is None:
-            quota.give_back(session, grant)
-            session.commit()
-            return DONE if _complete_if_finished(session, campaign, now) else IDLE
-        ctx.step("batch:claimed")
-    return _send(session, facts, account_facts, batch, ctx, now)
+        campaign = _campaign(session, campaign_id)
+        if campaign is not None and campaign.status == lifecycle.RUNNING:
+            _pause(
+                session,
+                campaign,
+                grant.reason,
+                detail=grant.detail or None,
+                retry_at=grant.retry_at,
+                now=now,
+            )
+        return BLOCKED
+    ctx.step("batch:reserved")
+    claimed = _claim(session, facts, account_facts, grant, now, ctx)
+    if claimed is None:  # nothing claimable (rolled back: the reservation went with it)
+        return DONE if _complete_if_finished(session, campaign, now) else IDLE
+    if claimed == SKIPPED_ALL:  # every claimed address was suppressed since the freeze: go on
+        return SENT
+    batch, members = claimed
+    try:
+        message = _build_message(session, facts, account_facts, batch, members, ctx, now)
+    except InvalidInput as exc:
+        return _fail_batch(session, facts, batch, members, str(exc), ctx, now, permanent=True)
+    session.commit()
+    ctx.step("batch:claimed")
+    return _send(session, facts, account_facts, batch, ctx, now, prepared=(members, message))
+
+
+def _has_pending(session: Session, campaign_id: int) -> bool:
+    found = session.scalar(
+        select(CampaignRecipient.id)
+        .where(CampaignRecipient.campaign_id == campaign_id, CampaignRecipient.status == "pending")
+        .limit(1)
+    )
+    session.rollback()
+    return found is not None
 
 
 def _max_batch(account: ProviderAccount) -> int:
     return 100
+
+
+#: ``_claim`` found only addresses suppressed since the freeze (now skipped, committed).
+SKIPPED_ALL = "skipped"
+
+Member = tuple[int, int | None, str, int]
 
 
 def _claim(
@@ -496,35 +522,36 @@ def _claim(
     grant: quota.Grant,
     now: dt.datetime,
     ctx: RunContext,
-) -> _Batch | None:
-    """Claim up to ``grant.amount`` pending recipients sharing one content into a new batch. Commits.
+) -> tuple[_Batch, list[Member]] | str | None:
+    """Claim up to ``grant.amount`` pending recipients sharing one content into a new batch.
+
+    Runs in the caller's transaction (the one that reserved ``grant``) and does not commit it:
+    the caller builds the message and commits once, so the batch row appears with
+    ``attempts=1`` together with its reservation, right before the provider call.  ``attempts``
+    therefore means "handed to the provider, or about to be" exactly as the separate UPDATE it
+    replaces did: more than 1 flags the SMTP mail in flight, above 0 starts SendCloud's one-hour
+    window.  Returns ``None`` after rolling back (nothing pending: the reservation is gone
+    with the rollback) or ``SKIPPED_ALL`` after committing the newly suppressed as skipped.
 
     The campaign row is updated first (the sequence number): on PostgreSQL that row lock orders
     concurrent claimers of one campaign, on SQLite the first write takes the database's write
     lock; either way the SELECT that follows sees every earlier claim.  ``SKIP LOCKED`` keeps
-    PostgreSQL workers from waiting on rows another transaction is still claiming.
+    PostgreSQL workers from waiting on rows another transaction is still claiming.  Lock order
+    is the gate's (ledger row, then campaign row), the same as recording's (settle, then counters).
     """
-    seq = (
-        session.execute(
-            update(Campaign)
-            .where(Campaign.id == campaign.id)
-            .values(next_seq=Campaign.next_seq + 1)
-            .returning(Campaign.next_seq)
-        ).scalar_one()
-        - 1
-    )
-    first = session.execute(
-        select(CampaignRecipient.template_id, CampaignRecipient.sender_id)
-        .where(CampaignRecipient.campaign_id == campaign.id, CampaignRecipient.status == "pending")
-        .order_by(CampaignRecipient.id)
-        .limit(1)
-    ).first()
+    seq = session.execute(_NEXT_SEQ, {"cid": campaign.id}).scalar_one() - 1
+    first = session.execute(_FIRST_PENDING, {"cid": campaign.id}).first()
     if first is None:
         session.rollback()
         return None
     template_id, sender_id = first
     query = (
-        select(CampaignRecipient.id, CampaignRecipient.email)
+        select(
+            CampaignRecipient.id,
+            CampaignRecipient.contact_id,
+            CampaignRecipient.email,
+            CampaignRecipient.attempts,
+        )
         .where(
             CampaignRecipient.campaign_id == campaign.id,
             CampaignRecipient.status == "pending",
@@ -547,7 +574,9 @@ def _claim(
     from .. import suppression
 
     suppressed = suppression.suppressed_among(session, campaign.workspace_id, [r.email for r in rows])
-    members = [r.id for r in rows if r.email not in suppressed]
+    members: list[Member] = [
+        (r.id, r.contact_id, r.email, r.attempts or 0) for r in rows if r.email not in suppressed
+    ]
     skipped = [r.id for r in rows if r.email in suppressed]
     if skipped:
         session.execute(
@@ -560,46 +589,53 @@ def _claim(
     if not members:  # all suppressed since the freeze: they are skipped; the caller claims again
         quota.give_back(session, grant)
         session.commit()
-        return None
+        return SKIPPED_ALL
     key = f"mkt-w{campaign.workspace_id}-c{campaign.id}-b{seq}"
     lease_until = now + ctx.batch_lease
-    batch_id = session.execute(
-        SendBatch.__table__.insert()
-        .values(
-            workspace_id=campaign.workspace_id,
-            campaign_id=campaign.id,
-            seq=seq,
-            idempotency_key=key,
-            status="sending",
-            size=len(members),
-            attempts=0,
-            lease_until=lease_until,
-            template_id=template_id,
-            sender_id=sender_id,
-            account_id=account.id,
-            reservation_id=grant.reservation_id,
-            cap_reservation_id=grant.cap_reservation_id,
-            created_at=now,
-        )
-        .returning(SendBatch.__table__.c.id)
-    ).scalar_one()
-    session.execute(
-        update(CampaignRecipient)
-        .where(CampaignRecipient.id.in_(members))
-        .values(status="sending", batch_id=batch_id)
-        .execution_options(synchronize_session=False)
-    )
     if len(members) < grant.amount:
         # Fewer recipients than granted: give the surplus back now rather than at settlement.
         grant = _shrink(session, grant, len(members), now)
-        session.execute(
-            update(SendBatch)
-            .where(SendBatch.id == batch_id)
-            .values(reservation_id=grant.reservation_id, cap_reservation_id=grant.cap_reservation_id)
-            .execution_options(synchronize_session=False)
-        )
-    session.commit()
-    return _Batch(batch_id, seq, key, "sending", template_id, sender_id, grant, lease_until)
+    batch_id = session.execute(
+        _INSERT_BATCH,
+        {
+            "workspace_id": campaign.workspace_id,
+            "campaign_id": campaign.id,
+            "seq": seq,
+            "idempotency_key": key,
+            "status": "sending",
+            "size": len(members),
+            "attempts": 1,
+            "lease_until": lease_until,
+            "template_id": template_id,
+            "sender_id": sender_id,
+            "account_id": account.id,
+            "reservation_id": grant.reservation_id,
+            "cap_reservation_id": grant.cap_reservation_id,
+            "created_at": now,
+        },
+    ).scalar_one()
+    session.execute(_MARK_SENDING, {"rids": [m[0] for m in members], "bid": batch_id})
+    return _Batch(batch_id, seq, key, "sending", template_id, sender_id, grant, lease_until), members
+
+
+_NEXT_SEQ = (
+    update(Campaign.__table__)
+    .where(Campaign.__table__.c.id == bindparam("cid"))
+    .values(next_seq=Campaign.__table__.c.next_seq + 1)
+    .returning(Campaign.__table__.c.next_seq)
+)
+_FIRST_PENDING = (
+    select(CampaignRecipient.template_id, CampaignRecipient.sender_id)
+    .where(CampaignRecipient.campaign_id == bindparam("cid"), CampaignRecipient.status == "pending")
+    .order_by(CampaignRecipient.id)
+    .limit(1)
+)
+_INSERT_BATCH = SendBatch.__table__.insert().returning(SendBatch.__table__.c.id)
+_MARK_SENDING = (
+    CampaignRecipient.__table__.update()
+    .where(CampaignRecipient.__table__.c.id.in_(bindparam("rids", expanding=True)))
+    .values(status="sending", batch_id=bindparam("bid"))
+)
 
 
 def _shrink(session: Session, grant: quota.Grant, amount: int, now: dt.datetime) -> quota.Grant:
@@ -678,6 +714,14 @@ def _take_over_stale_batch(
         )
         or 0
     )
+    if members == 0 and account.kind == "smtp" and reservation_id is not None:
+        # Every mail recorded, the worker died before closing the batch: settle and count now.
+        amount = session.scalar(select(QuotaReservation.amount).where(QuotaReservation.id == reservation_id))
+        grant = quota.Grant(int(amount or 0), reservation_id, cap_reservation_id)
+        closing = _Batch(batch_id, seq, key, status, template_id, sender_id, grant, new_lease)
+        _finish_smtp_batch(session, campaign.workspace_id, campaign.id, closing, grant, now)
+        session.commit()
+        return None
     if members == 0:
         session.execute(
             update(SendBatch)
@@ -945,9 +989,16 @@ def _send(
     batch: _Batch,
     ctx: RunContext,
     now: dt.datetime,
+    prepared: tuple[list[Member], BatchMessage] | None = None,
 ) -> str:
-    members = _members(session, batch.id)
+    """Send a batch and record the answer.  ``prepared``: a fresh claim's members and message,
+    already committed with ``attempts=1``; a taken-over batch is loaded and counted here."""
     assert batch.grant is not None
+    if prepared is not None:
+        members, message = prepared
+        ctx.step("batch:before_send")
+        return _deliver(session, campaign, account, batch, members, message, ctx, now)
+    members = _members(session, batch.id)
     if not members:
         quota.give_back(session, batch.grant)
         session.execute(
@@ -970,6 +1021,20 @@ def _send(
     )
     session.commit()
     ctx.step("batch:before_send")
+    return _deliver(session, campaign, account, batch, members, message, ctx, now)
+
+
+def _deliver(
+    session: Session,
+    campaign: _CampaignFacts,
+    account: _AccountFacts,
+    batch: _Batch,
+    members: Sequence[Member],
+    message: BatchMessage,
+    ctx: RunContext,
+    now: dt.datetime,
+) -> str:
+    """The provider call and its recording (the batch is committed with its attempt counted)."""
     if account.kind == "smtp":
         return _send_smtp(session, campaign, account, batch, members, message, ctx, now)
     provider = _provider(ctx, account)
@@ -1122,7 +1187,7 @@ def _send_smtp(
     campaign: _CampaignFacts,
     account: _AccountFacts,
     batch: _Batch,
-    members: Sequence[tuple[int, int | None, str, int]],
+    members: Sequence[Member],
     message: BatchMessage,
     ctx: RunContext,
     now: dt.datetime,
@@ -1131,9 +1196,17 @@ def _send_smtp(
 
     A batch taken over after a crash had its first remaining recipient possibly in flight: that
     one is flagged ``possible_duplicate`` (it is re-sent with the same Message-ID).
-    """
-    from .. import counters
 
+    Per mail: the SMTP transaction, then ONE prepared UPDATE of the recipient and a commit.  The
+    campaign's sent/failed figures, the submitted/sent statistics and the quota settlement are
+    written once at the end of the batch from the batch's recorded rows (``_finish_smtp_batch``),
+    so they are exact whoever recorded which mail (a worker taking over after a crash included);
+    the progress shown moves once per batch.  On PostgreSQL the per-mail commit does not wait
+    for the WAL flush (``SET LOCAL synchronous_commit = off``): a killed *worker* still loses
+    nothing (the database has the commit); only a crash of the *database server* could lose the
+    last fraction of a second of records, whose mails would then be re-sent on takeover (the
+    first of them flagged as a possible duplicate).
+    """
     provider = _provider(ctx, account)
     assert batch.grant is not None
     table = CampaignRecipient.__table__
@@ -1147,77 +1220,54 @@ def _send_smtp(
             .execution_options(synchronize_session=False)
         )
         session.commit()
-    used = 0
+    relaxed = _is_postgres(session)
     lease_renewed_at = time.monotonic()
     by_email = {r.email: r for r in message.recipients}
-    # Built once per batch, executed per recipient: constructing and cache-keying four Core
-    # statements per mail cost as much as the SMTP round trips (statements differ only in values).
-    rid = table.c.id == bindparam("rid")
-    record_final = (
-        table.update()
-        .where(rid)
-        .values(
-            status=bindparam("st"),
-            reason=bindparam("rs"),
-            attempts=bindparam("n"),
-            provider_message_id=bindparam("mid"),
-            sent_at=bindparam("at"),
-        )
-    )
-    record_retry = (
-        table.update()
-        .where(rid)
-        .values(status="pending", reason=bindparam("rs"), attempts=bindparam("n"), batch_id=None)
-    )
-    this_campaign = update(Campaign).where(Campaign.id == campaign.id)
-    count_sent = this_campaign.values(sent=Campaign.sent + 1, consecutive_failures=0).execution_options(
-        synchronize_session=False
-    )
-    count_failed = this_campaign.values(failed=Campaign.failed + 1).execution_options(
-        synchronize_session=False
-    )
-    for index, (recipient_id, _contact_id, email, attempts) in enumerate(members):
-        single = dataclasses.replace(message, recipients=[by_email[email]])
+    # The parts every recipient shares (From, headers) are prepared once per batch when the
+    # provider offers it; otherwise one-recipient batches through the generic interface.
+    prepare = getattr(provider, "prepare", None)
+    shared = None
+    if prepare is not None:
         try:
-            result = provider.send_batch(single)[0]
+            shared = prepare(message)
+        except InvalidInput:
+            shared = None  # every recipient gets the refusal below, as through send_batch
+
+    def send(recipient: Recipient) -> SendResult:
+        if shared is not None:
+            return provider.send_prepared(message, recipient, shared)  # type: ignore[attr-defined]
+        return provider.send_batch(dataclasses.replace(message, recipients=[recipient]))[0]
+
+    sent_any = False
+    for recipient_id, _contact_id, email, attempts in members:
+        try:
+            result = send(by_email[email])
         except ProviderError as exc:
-            if index == 0 and used == 0:
+            if not sent_any:
                 return _retry_later(session, campaign, batch, str(exc), ctx, now, throttled=False)
             result = SendResult(email, "failed", error=f"temporary: {exc}")
         except InvalidInput as exc:
             result = SendResult(email, "rejected", error=str(exc))
+        sent_any = True
         ctx.step("smtp:after_send")
-        sent_now = ctx.clock()
         status = result.status
         attempts += 1
-        if status == "accepted" or status == "unknown":
-            used += 1
+        if relaxed:
+            session.execute(_ASYNC_COMMIT)
         if status == "failed" and attempts < MAX_RECIPIENT_ATTEMPTS:
-            session.execute(record_retry, {"rid": recipient_id, "rs": result.error, "n": attempts})
+            session.execute(_SMTP_RETRY, {"rid": recipient_id, "rs": result.error, "n": attempts})
         else:
-            final = {"accepted": "accepted", "unknown": "unknown"}.get(status, "failed")
+            final = status if status in ("accepted", "unknown") else "failed"
             session.execute(
-                record_final,
+                _SMTP_FINAL,
                 {
                     "rid": recipient_id,
                     "st": final,
                     "rs": (result.error or None) and str(result.error)[:255],
                     "n": attempts,
                     "mid": result.provider_message_id,
-                    "at": sent_now if final != "failed" else None,
+                    "at": ctx.clock() if final != "failed" else None,
                 },
-            )
-            session.execute(count_sent if final == "accepted" else count_failed)
-            counters.add_rows(  # submitted/sent stats in the same transaction as the record
-                session,
-                counters.send_rows(
-                    workspace_id=campaign.workspace_id,
-                    campaign_id=campaign.id,
-                    at=sent_now,
-                    template_id=batch.template_id,
-                    sender_id=batch.sender_id,
-                    outcomes=[(email, final == "accepted")],
-                ),
             )
         session.commit()
         ctx.step("smtp:recorded")
@@ -1230,15 +1280,93 @@ def _send_smtp(
                 .execution_options(synchronize_session=False)
             )
             quota.renew_grant(session, batch.grant)
-    quota.settle(session, batch.grant, min(used, batch.grant.amount))
-    session.execute(
-        update(SendBatch)
-        .where(SendBatch.id == batch.id)
-        .values(status="sent", sent_at=ctx.clock())
-        .execution_options(synchronize_session=False)
-    )
+    _finish_smtp_batch(session, campaign.workspace_id, campaign.id, batch, batch.grant, ctx.clock())
     session.commit()
     return SENT
+
+
+_ASYNC_COMMIT = text("SET LOCAL synchronous_commit TO off")
+_SMTP_FINAL = (
+    CampaignRecipient.__table__.update()
+    .where(CampaignRecipient.__table__.c.id == bindparam("rid"))
+    .values(
+        status=bindparam("st"),
+        reason=bindparam("rs"),
+        attempts=bindparam("n"),
+        provider_message_id=bindparam("mid"),
+        sent_at=bindparam("at"),
+    )
+)
+_SMTP_RETRY = (
+    CampaignRecipient.__table__.update()
+    .where(CampaignRecipient.__table__.c.id == bindparam("rid"))
+    .values(status="pending", reason=bindparam("rs"), attempts=bindparam("n"), batch_id=None)
+)
+#: Recorded outcomes of a batch; a webhook or DSN may already have moved an accepted one on.
+_ACCEPTED_LIKE = frozenset({"accepted", "delivered", "bounced", "invalid"})
+_BATCH_OUTCOMES = select(CampaignRecipient.email, CampaignRecipient.status, CampaignRecipient.sent_at).where(
+    CampaignRecipient.batch_id == bindparam("bid"),
+    CampaignRecipient.status.in_(("accepted", "delivered", "bounced", "invalid", "failed", "unknown")),
+)
+
+
+def _finish_smtp_batch(
+    session: Session,
+    workspace_id: int,
+    campaign_id: int,
+    batch: _Batch,
+    grant: quota.Grant | None,
+    now: dt.datetime,
+) -> None:
+    """Close an SMTP batch once: settle its quota and count its outcomes from the recorded rows.
+
+    The conditional status change makes it happen once per batch, and counting the rows (not
+    this worker's sends) keeps the figures exact when a worker took the batch over.  Does not
+    commit.
+    """
+    from .. import counters
+
+    closed = session.execute(
+        update(SendBatch)
+        .where(SendBatch.id == batch.id, SendBatch.status != "sent")
+        .values(status="sent", sent_at=now, error=None)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if closed != 1:
+        return
+    rows = session.execute(_BATCH_OUTCOMES, {"bid": batch.id}).all()
+    accepted = sum(1 for r in rows if r.status in _ACCEPTED_LIKE)
+    unknown = sum(1 for r in rows if r.status == "unknown")
+    if grant is not None:
+        quota.settle(session, grant, min(accepted + unknown, grant.amount))
+    by_hour: dict[dt.datetime, list[tuple[str, bool]]] = {}
+    for r in rows:
+        at = r.sent_at or now
+        by_hour.setdefault(counters.hour_bucket(at), []).append((r.email, r.status in _ACCEPTED_LIKE))
+    cells: list[dict] = []
+    for at, outcomes in by_hour.items():
+        cells += counters.send_rows(
+            workspace_id=workspace_id,
+            campaign_id=campaign_id,
+            at=at,
+            template_id=batch.template_id,
+            sender_id=batch.sender_id,
+            outcomes=outcomes,
+        )
+    if cells:
+        counters.add_rows(session, cells)
+    values: dict[str, Any] = {
+        "sent": Campaign.sent + accepted,
+        "failed": Campaign.failed + len(rows) - accepted,
+    }
+    if accepted:
+        values["consecutive_failures"] = 0
+    session.execute(
+        update(Campaign)
+        .where(Campaign.id == campaign_id)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def _was_interrupted(session: Session, batch_id: int) -> bool:
