@@ -463,6 +463,8 @@ def show(campaign_id: int):
         can_write=can("campaigns.write", state.role_loader),
         can_approve=can("settings", state.role_loader),
         stats_url=_optional_url("marketing_stats.campaign", campaign_id=campaign.id),
+        recipients_url=_optional_url("marketing_stats.recipients", campaign_id=campaign.id),
+        replies_url=_optional_url("marketing_replies.campaign", campaign_id=campaign.id),
     )
     s.commit()
     return html
