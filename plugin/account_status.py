@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .config import Settings
-from .models import AccountSnapshot, ProviderAccount, utcnow
+from .models import AccountSnapshot, ProviderAccount, QuotaLedger, utcnow
 
 #: Defaults when no settings are given (the settings' own defaults).
 DEFAULT_STALE_MINUTES = 15
@@ -92,8 +92,33 @@ def account_status(
         balance=snapshot.balance,
         available_balance=snapshot.available_balance,
         daily_quota=snapshot.daily_quota,
-        used_today=snapshot.used_today,
+        used_today=_used_today(session, account.id, snapshot),
         fetched_at=snapshot.fetched_at,
         account_id=account.id,
         **limits,
     )
+
+
+def _used_today(session: Session, account_id: int, snapshot: AccountSnapshot) -> int | None:
+    """What is used today: the provider's figure at the last sync, or our own ledger if higher.
+
+    Between syncs the header would otherwise keep showing the provider's older count while a
+    campaign uses the quota up; the ledger knows what we reserved and sent since.  A snapshot of
+    an earlier provider day says nothing about today.
+    """
+    from .quota import provider_day
+
+    today = provider_day(utcnow())
+    synced = snapshot.used_today if provider_day(snapshot.fetched_at) == today else 0
+    rows = session.execute(
+        select(QuotaLedger.channel, QuotaLedger.limit, QuotaLedger.reserved + QuotaLedger.committed).where(
+            QuotaLedger.account_id == account_id, QuotaLedger.owner == "", QuotaLedger.day == today
+        )
+    ).all()
+    if not rows:
+        return synced
+    limits = {row[1] for row in rows}
+    used = [int(row[2]) for row in rows]
+    # Split ledgers (a trigger share) count apart; unsplit ones each count everything.
+    ours = sum(used) if len(limits) > 1 else max(used)
+    return max(synced or 0, ours)

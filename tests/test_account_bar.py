@@ -69,3 +69,35 @@ def test_other_workspace_account_is_not_shown(login, session, other_workspace, w
     session.commit()
     page = login("marketer").get("/marketing/").get_data(as_text=True)
     assert 'data-quota="77"' not in page
+
+
+def test_remaining_counts_what_we_sent_since_the_last_sync(session, workspace):
+    """Between syncs the header follows our own ledger, so a running campaign visibly uses quota."""
+    from plugin import quota
+    from plugin.account_status import account_status
+
+    account = ProviderAccount(workspace_id=workspace.id, kind="sendcloud", name="main", api_user="u")
+    session.add(account)
+    session.flush()
+    now = utcnow()
+    session.add(
+        AccountSnapshot(
+            workspace_id=workspace.id,
+            account_id=account.id,
+            balance=Decimal("10"),
+            available_balance=Decimal("10"),
+            daily_quota=1000,
+            used_today=100,
+            fetched_at=now,
+        )
+    )
+    session.commit()
+    assert account_status(session, workspace.id).remaining == 900
+    ledger = quota.ensure_ledger(session, workspace.id, account.id, "batch", quota.provider_day(now), 1000)
+    grant = quota.reserve(session, ledger, 300)
+    quota.commit_reservation(session, grant.id, 250)
+    assert account_status(session, workspace.id).remaining == 750
+    yesterday = now - dt.timedelta(days=1)
+    session.query(AccountSnapshot).update({"fetched_at": yesterday})
+    session.commit()
+    assert account_status(session, workspace.id).used_today == 250  # yesterday's count says nothing of today
