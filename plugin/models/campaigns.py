@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from .base import Base, BigId, Timestamped, UTCDateTime, WorkspaceScoped, utcnow
@@ -94,13 +94,29 @@ class CampaignRecipient(Base):
     """One frozen recipient of a campaign: one row per normalized email."""
 
     __tablename__ = "marketing_campaign_recipients"
+    # A freeze writes hundreds of thousands of rows in one statement, and every index and foreign
+    # key is paid per row (bench/audience.py): batch and provider ids are indexed only once set
+    # (partial indexes; lookups by ``= value`` still use them), and ``workspace_id`` has no
+    # foreign key of its own, the campaign's (with its cascade) already implies it.
     __table_args__ = (
         UniqueConstraint("campaign_id", "email"),
         Index("ix_marketing_campaign_recipients_claim", "campaign_id", "status", "id"),
+        Index(
+            "ix_marketing_campaign_recipients_batch_id",
+            "batch_id",
+            postgresql_where=text("batch_id IS NOT NULL"),
+            sqlite_where=text("batch_id IS NOT NULL"),
+        ),
+        Index(
+            "ix_marketing_campaign_recipients_provider_message_id",
+            "provider_message_id",
+            postgresql_where=text("provider_message_id IS NOT NULL"),
+            sqlite_where=text("provider_message_id IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    workspace_id: Mapped[int] = mapped_column(ForeignKey("marketing_workspaces.id", ondelete="CASCADE"))
+    workspace_id: Mapped[int]
     campaign_id: Mapped[int] = mapped_column(ForeignKey("marketing_campaigns.id", ondelete="CASCADE"))
     contact_id: Mapped[int | None] = mapped_column(BigId)
     email: Mapped[str] = mapped_column(String(320))
@@ -109,12 +125,12 @@ class CampaignRecipient(Base):
     #: pending, sending, accepted, delivered, bounced, invalid, failed, skipped, unknown
     status: Mapped[str] = mapped_column(String(16), default="pending")
     reason: Mapped[str | None] = mapped_column(String(255))
-    batch_id: Mapped[int | None] = mapped_column(BigId, index=True)
+    batch_id: Mapped[int | None] = mapped_column(BigId)
     #: Set when the mail may have gone out twice (SMTP crash between DATA and our record).
     possible_duplicate: Mapped[bool] = mapped_column(default=False)
     #: Send attempts for this recipient (temporary per-recipient refusals are retried a few times).
     attempts: Mapped[int] = mapped_column(default=0)
-    provider_message_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    provider_message_id: Mapped[str | None] = mapped_column(String(255))
     sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     delivered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     opened_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)

@@ -66,6 +66,13 @@ def upgrade() -> None:
     with op.batch_alter_table('marketing_campaign_recipients', schema=None) as batch_op:
         batch_op.add_column(sa.Column('possible_duplicate', sa.Boolean(), nullable=False, server_default=sa.false()))
         batch_op.add_column(sa.Column('attempts', sa.Integer(), nullable=False, server_default='0'))
+        # Cheaper audience freezes: no per-row foreign key check for the workspace (the campaign's
+        # foreign key implies it), and no index entries for rows not yet sent (partial indexes).
+        batch_op.drop_constraint(op.f('fk_marketing_campaign_recipients_workspace_id_marketing_workspaces'), type_='foreignkey')
+        batch_op.drop_index(batch_op.f('ix_marketing_campaign_recipients_batch_id'))
+        batch_op.drop_index(batch_op.f('ix_marketing_campaign_recipients_provider_message_id'))
+        batch_op.create_index(batch_op.f('ix_marketing_campaign_recipients_batch_id'), ['batch_id'], unique=False, postgresql_where=sa.text('batch_id IS NOT NULL'), sqlite_where=sa.text('batch_id IS NOT NULL'))
+        batch_op.create_index(batch_op.f('ix_marketing_campaign_recipients_provider_message_id'), ['provider_message_id'], unique=False, postgresql_where=sa.text('provider_message_id IS NOT NULL'), sqlite_where=sa.text('provider_message_id IS NOT NULL'))
 
     with op.batch_alter_table('marketing_campaigns', schema=None) as batch_op:
         batch_op.add_column(sa.Column('owner_id', sa.String(length=120), nullable=True))
@@ -141,6 +148,11 @@ def downgrade() -> None:
         batch_op.drop_column('owner_id')
 
     with op.batch_alter_table('marketing_campaign_recipients', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_marketing_campaign_recipients_provider_message_id'))
+        batch_op.drop_index(batch_op.f('ix_marketing_campaign_recipients_batch_id'))
+        batch_op.create_index(batch_op.f('ix_marketing_campaign_recipients_provider_message_id'), ['provider_message_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_marketing_campaign_recipients_batch_id'), ['batch_id'], unique=False)
+        batch_op.create_foreign_key(batch_op.f('fk_marketing_campaign_recipients_workspace_id_marketing_workspaces'), 'marketing_workspaces', ['workspace_id'], ['id'], ondelete='CASCADE')
         batch_op.drop_column('attempts')
         batch_op.drop_column('possible_duplicate')
 
