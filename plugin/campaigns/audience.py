@@ -529,14 +529,15 @@ def freeze(
     q = _build(session, directory, campaign.workspace_id, spec)
     audience = excluded = 0
     if q is not None:
-        audience, excluded = session.execute(q.totals).one()
         if already is None:
-            session.execute(_insert_statement(q, spec, campaign))
+            audience, excluded = _insert_and_count(session, q, spec, campaign)
             _recheck_suspects(session, campaign.id)
             if getattr(settings, "mx_check", False):
                 _check_mx(
                     session, campaign.id, q.dialect, settings=settings, resolver=resolver, cache=mx_cache
                 )
+        else:
+            audience, excluded = session.execute(q.totals).one()
     by_class = _frozen_counts(session, campaign.id)
     pending = by_class.get(("pending", None), 0)
     suppressed = by_class.get(("skipped", "suppressed"), 0)
@@ -551,6 +552,30 @@ def freeze(
     return counts
 
 
+def _insert_and_count(
+    session: Session, q: _Queries, spec: AudienceSpec, campaign: Campaign
+) -> tuple[int, int]:
+    """Insert the recipients; returns (audience, excluded).
+
+    On PostgreSQL, without skip/max, one statement does both: the flagged audience is a CTE read
+    by the ``INSERT`` (a data-modifying CTE) and by the counts, so the contacts are scanned once
+    instead of twice (the second scan was a third of the freeze at 1 M contacts).
+    """
+    if q.dialect != "postgresql" or spec.windowed:
+        counts = session.execute(q.totals).one()
+        session.execute(_insert_statement(q, spec, campaign))
+        return counts[0], counts[1]
+    aud = q.flagged.element.cte("aud")
+    once = dataclasses.replace(
+        q,
+        kept=select(aud.c.cid, aud.c.email).where(aud.c.ex == 0),
+        totals=select(func.count(), func.count(case((aud.c.ex == 1, 1)))).select_from(aud),
+    )
+    inserted = _insert_statement(once, spec, campaign).cte("ins")
+    counts = session.execute(once.totals.add_cte(inserted)).one()
+    return counts[0], counts[1]
+
+
 def _insert_statement(q: _Queries, spec: AudienceSpec, campaign: Campaign) -> Any:
     win = _window(q, spec)
     joined, is_suppressed = _suppression_join(q, win)
@@ -559,12 +584,13 @@ def _insert_statement(q: _Queries, spec: AudienceSpec, campaign: Campaign) -> An
         (not_(surely_valid(win.c.email, q.dialect)), _SUSPICIOUS),
         else_=_PENDING,
     )
-    rn = func.row_number().over(partition_by=klass, order_by=win.c.cid) - 1
-    rows = (
-        select(win.c.cid, win.c.email, klass.label("klass"), rn.label("rn"))
-        .select_from(joined)
-        .subquery("rows")
+    # The class is computed in a fenced subquery (``OFFSET 0``) so that the address check runs
+    # once per row: used inline, both databases evaluated it again for the window's partition.
+    classified = (
+        select(win.c.cid, win.c.email, klass.label("klass")).select_from(joined).offset(0).subquery("cls")
     )
+    rn = func.row_number().over(partition_by=classified.c.klass, order_by=classified.c.cid) - 1
+    rows = select(classified.c.cid, classified.c.email, classified.c.klass, rn.label("rn")).subquery("rows")
     template_ids = [int(t) for t in campaign.template_ids or ()]
     sender_ids = [int(s) for s in campaign.sender_ids or ()]
     if campaign.template_assignment == "random" and len(template_ids) > 1:
