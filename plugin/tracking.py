@@ -38,10 +38,12 @@ Privacy Protection's address ranges are not available offline, so :func:`is_mach
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import datetime as dt
 import functools
 import hashlib
+import hmac
 import re
 import uuid
 from collections.abc import Iterable
@@ -106,8 +108,49 @@ def read_token(secret: str, purpose: str, token: str, max_age: int | None = None
     return payload
 
 
+# --------------------------------------------------------------------------- compact id tokens
+#
+# The links in every mail (unsubscribe, open pixel, click) carry only a workspace and a recipient
+# id and never expire, so they don't need itsdangerous' JSON, compression and timestamp: those
+# cost ~35 µs per token, three tokens per recipient, a fifth of the runner's time at 1M mails.
+# A compact token is ``<w>.<r>.<mac>``: decimal ids without leading zeros and the first 12 bytes
+# of HMAC-SHA256 under a key derived per purpose, base64url (16 characters, no spare bits, so an
+# edited token never decodes to the same bytes).  Tokens of the older format keep working.
+
+_COMPACT = re.compile(r"(0|[1-9][0-9]{0,17})\.(0|[1-9][0-9]{0,17})\.([A-Za-z0-9_-]{16})")
+
+
+@functools.lru_cache(maxsize=64)
+def _purpose_key(secret: str, purpose: str) -> bytes:
+    if purpose not in PURPOSES:
+        raise ValueError(f"unknown token purpose {purpose!r}")
+    return hmac.new(secret.encode(), (SALT_PREFIX + purpose).encode(), hashlib.sha256).digest()
+
+
+def _mac(secret: str, purpose: str, workspace_id: int, recipient_id: int) -> str:
+    message = f"{workspace_id}.{recipient_id}".encode()
+    digest = hmac.new(_purpose_key(secret, purpose), message, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest[:12]).decode("ascii")
+
+
+def make_id_token(secret: str, purpose: str, workspace_id: int, recipient_id: int) -> str:
+    """The compact signed token of one recipient for one purpose."""
+    return f"{int(workspace_id)}.{int(recipient_id)}.{_mac(secret, purpose, workspace_id, recipient_id)}"
+
+
+def read_id_token(secret: str, purpose: str, token: str) -> tuple[int, int]:
+    """``(workspace_id, recipient_id)`` of a valid token for ``purpose`` (compact or older format)."""
+    match = _COMPACT.fullmatch(token or "")
+    if match is None:
+        return _ids(read_token(secret, purpose, token))
+    workspace_id, recipient_id = int(match.group(1)), int(match.group(2))
+    if not hmac.compare_digest(match.group(3), _mac(secret, purpose, workspace_id, recipient_id)):
+        raise InvalidInput(_("This link is not valid."), field="token")
+    return workspace_id, recipient_id
+
+
 def unsubscribe_token(settings: Settings, workspace_id: int, recipient_id: int) -> str:
-    return make_token(settings.token_secret, "unsubscribe", {"w": workspace_id, "r": recipient_id})
+    return make_id_token(settings.token_secret, "unsubscribe", workspace_id, recipient_id)
 
 
 def unsubscribe_url(settings: Settings, workspace_id: int, recipient_id: int) -> str:
@@ -118,7 +161,7 @@ def unsubscribe_url(settings: Settings, workspace_id: int, recipient_id: int) ->
 
 def read_unsubscribe(settings: Settings, token: str) -> tuple[int, int]:
     """``(workspace_id, recipient_id)`` of an unsubscribe token."""
-    return _ids(read_token(settings.token_secret, "unsubscribe", token))
+    return read_id_token(settings.token_secret, "unsubscribe", token)
 
 
 def _ids(payload: dict[str, Any]) -> tuple[int, int]:
@@ -129,21 +172,21 @@ def _ids(payload: dict[str, Any]) -> tuple[int, int]:
 
 
 def open_token(settings: Settings, workspace_id: int, recipient_id: int) -> str:
-    return make_token(settings.token_secret, "open", {"w": workspace_id, "r": recipient_id})
+    return make_id_token(settings.token_secret, "open", workspace_id, recipient_id)
 
 
 def click_token(settings: Settings, workspace_id: int, recipient_id: int) -> str:
-    return make_token(settings.token_secret, "click", {"w": workspace_id, "r": recipient_id})
+    return make_id_token(settings.token_secret, "click", workspace_id, recipient_id)
 
 
 def read_open(settings: Settings, token: str) -> tuple[int, int]:
     """``(workspace_id, recipient_id)`` of an open-pixel token."""
-    return _ids(read_token(settings.token_secret, "open", token))
+    return read_id_token(settings.token_secret, "open", token)
 
 
 def read_click(settings: Settings, token: str) -> tuple[int, int]:
     """``(workspace_id, recipient_id)`` of a click token (the link id travels beside it)."""
-    return _ids(read_token(settings.token_secret, "click", token))
+    return read_id_token(settings.token_secret, "click", token)
 
 
 def public_base(settings: Settings) -> str:

@@ -121,3 +121,22 @@ def test_timing_heuristics():
     assert not tracking.is_machine_click(
         sent_at=NOW - dt.timedelta(hours=1), at=NOW, other_link_clicks_within_burst=0
     )
+
+
+def test_compact_tokens_are_short_purpose_bound_and_older_tokens_still_work(app):
+    from plugin import tracking
+    from plugin.errors import InvalidInput
+    from plugin.extension import get_state
+
+    settings = get_state().settings
+    token = tracking.unsubscribe_token(settings, 3, 987654)
+    assert len(token) <= 40
+    assert tracking.read_unsubscribe(settings, token) == (3, 987654)
+    with pytest.raises(InvalidInput):
+        tracking.read_open(settings, token)  # another purpose
+    with pytest.raises(InvalidInput):
+        tracking.read_unsubscribe(settings, token.replace("987654", "987655"))  # another recipient
+    with pytest.raises(InvalidInput):
+        tracking.read_unsubscribe(settings, "03" + token[1:])  # a leading zero is another spelling
+    older = tracking.make_token(settings.token_secret, "unsubscribe", {"w": 3, "r": 42})
+    assert tracking.read_unsubscribe(settings, older) == (3, 42)  # links in mail already sent
