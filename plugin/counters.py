@@ -140,7 +140,7 @@ def _upsert(dialect: str):
     make_insert = pg_insert if dialect == "postgresql" else sqlite_insert
     statement = make_insert(_TABLE)
     return statement.on_conflict_do_update(
-        index_elements=["campaign_id", "metric", "dimension", "key", "bucket"],
+        index_elements=["workspace_id", "campaign_id", "metric", "dimension", "key", "bucket"],
         set_={"count": _TABLE.c["count"] + statement.excluded["count"]},
     )
 

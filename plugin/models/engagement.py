@@ -31,7 +31,8 @@ class StatCounter(WorkspaceScoped, Base):
 
     ``dimension``/``key`` split a metric by template, sender, link or recipient domain
     (``all``/``""`` is the campaign total); ``bucket`` is the hour (UTC) it happened in.
-    ``campaign_id`` 0 holds mail outside campaigns (trigger mail) for the account-level table.
+    ``campaign_id`` 0 holds mail outside campaigns (trigger mail) for the account-level table, so
+    the workspace is part of a cell's key.
     """
 
     __tablename__ = "marketing_stat_counters"

@@ -80,7 +80,7 @@ def upgrade() -> None:
     sa.Column('workspace_id', sa.Integer(), nullable=False),
     sa.ForeignKeyConstraint(['workspace_id'], ['marketing_workspaces.id'], name=op.f('fk_marketing_stat_counters_workspace_id_marketing_workspaces'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_marketing_stat_counters')),
-    sa.UniqueConstraint('campaign_id', 'metric', 'dimension', 'key', 'bucket', name='uq_marketing_stat_counters_cell')
+    sa.UniqueConstraint('workspace_id', 'campaign_id', 'metric', 'dimension', 'key', 'bucket', name='uq_marketing_stat_counters_cell')
     )
     with op.batch_alter_table('marketing_stat_counters', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_marketing_stat_counters_campaign_id'), ['campaign_id'], unique=False)
