@@ -9,6 +9,7 @@ from decimal import Decimal
 
 import campaign_kit as kit
 import pytest
+from flask_babel import force_locale
 from sqlalchemy import select
 
 from plugin import quota, suppression
@@ -173,7 +174,11 @@ def test_quota_pause_shows_a_reason_and_resumes_the_next_provider_day(app, sessi
     assert campaign.status == "paused"
     assert campaign.pause_reason == "quota"
     assert campaign.retry_at == dt.datetime(2026, 11, 23, 16, 0, tzinfo=dt.UTC)  # 00:00 Beijing
-    assert "resumes automatically" in lifecycle.pause_reason_text(campaign.pause_reason)
+    with force_locale("en"):
+        assert "resumes automatically" in lifecycle.pause_reason_text(campaign.pause_reason)
+    assert "自动" in lifecycle.pause_reason_text(
+        campaign.pause_reason
+    )  # zh_CN when no request says otherwise
     assert len(_mails_to(sim, setup["api_user"])) == 250  # the whole quota, the last batch partial
     # Not yet the next day: stays paused.
     clock[0] = day1 + dt.timedelta(hours=5)
