@@ -311,7 +311,10 @@ def show_plans(engine: sa.Engine, directory: SqlDirectory, setup: Setup, spec: A
         assert campaign is not None
         q = audience._build(session, directory, setup.workspace_id, spec)
         assert q is not None
-        statement = audience._insert_statement(q, spec, campaign)
+        if engine.dialect.name == "postgresql" and not spec.windowed:
+            statement = audience._counting_insert(q, spec, campaign)  # what freeze runs there
+        else:
+            statement = audience._insert_statement(q, spec, campaign)
         sql = str(statement.compile(engine, compile_kwargs={"literal_binds": True}))
         session.execute(sa.delete(CampaignRecipient))
         conn = session.connection()

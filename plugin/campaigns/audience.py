@@ -564,16 +564,20 @@ def _insert_and_count(
     if q.dialect != "postgresql" or spec.windowed:
         counts = session.execute(q.totals).one()
         session.execute(_insert_statement(q, spec, campaign))
-        return counts[0], counts[1]
+    else:
+        counts = session.execute(_counting_insert(q, spec, campaign)).one()
+    return counts[0], counts[1]
+
+
+def _counting_insert(q: _Queries, spec: AudienceSpec, campaign: Campaign) -> Select[Any]:
+    """PostgreSQL: ``WITH aud AS (...), ins AS (INSERT ...) SELECT count(*), excluded FROM aud``."""
     aud = q.flagged.element.cte("aud")
     once = dataclasses.replace(
         q,
         kept=select(aud.c.cid, aud.c.email).where(aud.c.ex == 0),
         totals=select(func.count(), func.count(case((aud.c.ex == 1, 1)))).select_from(aud),
     )
-    inserted = _insert_statement(once, spec, campaign).cte("ins")
-    counts = session.execute(once.totals.add_cte(inserted)).one()
-    return counts[0], counts[1]
+    return once.totals.add_cte(_insert_statement(once, spec, campaign).cte("ins"))
 
 
 def _insert_statement(q: _Queries, spec: AudienceSpec, campaign: Campaign) -> Any:
