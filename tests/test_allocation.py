@@ -4,6 +4,7 @@ validation, duplicates refused, a user's cap winning over the team's, workspaces
 from __future__ import annotations
 
 import pytest
+from flask_babel import force_locale
 
 from plugin import allocation
 from plugin.errors import InvalidInput, NotFound
@@ -67,7 +68,7 @@ def test_caps_crud_and_validation(session, workspace):
         ("user", "42", 1000),
         ("team", "East sales", 5000),
     ]
-    with pytest.raises(InvalidInput) as err:
+    with pytest.raises(InvalidInput) as err, force_locale("en"):
         allocation.add_cap(session, workspace.id, scope="user", subject="42", daily_limit=1)
     assert err.value.field == "subject"
     assert "already has a cap" in str(err.value)

@@ -20,14 +20,36 @@ from sqlalchemy import select
 
 from plugin import contacts as service
 from plugin.access import issue_token
-from plugin.models import ApiToken, Base, Contact, ContactTag, SavedView, Tag
+from plugin.models import (
+    ApiToken,
+    Base,
+    Campaign,
+    Contact,
+    ContactTag,
+    ProviderAccount,
+    QuotaAllocation,
+    SavedView,
+    Tag,
+    Template,
+    TriggerMail,
+)
 
 PREFIX = "/marketing"
 API = "/marketing/api/v1"
 SKIPPED_ENDPOINTS = {"marketing.static", "marketing-api-docs.openapi_json"}
 
 #: Which table a path parameter points into (by name); the attack uses the victim's row.
-ID_SOURCES = {"contact_id": Contact, "tag_id": Tag, "view_id": SavedView, "token_id": ApiToken}
+ID_SOURCES = {
+    "contact_id": Contact,
+    "tag_id": Tag,
+    "view_id": SavedView,
+    "token_id": ApiToken,
+    "template_id": Template,
+    "campaign_id": Campaign,
+    "account_id": ProviderAccount,
+    "cap_id": QuotaAllocation,
+    "mail_id": TriggerMail,
+}
 
 RULES = {"match": "all", "rules": [{"field": "email", "op": "contains", "value": "@"}]}
 #: A valid body per (method, endpoint), so a write is refused for its target, not its input.
@@ -45,6 +67,7 @@ PAYLOADS: dict[tuple[str, str], dict] = {
     ("POST", "marketing.tokens"): {"name": "intruder"},
     ("POST", "marketing.preferences"): {"locale": "en"},
     ("POST", "marketing.revoke_token"): {},
+    ("POST", "marketing_quota.edit_cap"): {"scope": "user", "subject": "hijacked", "daily_limit": "1"},
 }
 
 
@@ -74,6 +97,42 @@ def _seed(session, workspace, user, marker: str) -> Org:
         session, workspace.id, name=f"{marker} view", rules=RULES, user_id=str(user.id)
     )
     issue_token(session, workspace_id=workspace.id, user_id=str(user.id), name=f"{marker} token")
+    account = ProviderAccount(
+        workspace_id=workspace.id,
+        kind="smtp",
+        name=f"{marker} mailbox",
+        smtp_host="127.0.0.1",
+        smtp_port=2525,
+        smtp_security="none",
+        from_address=f"{marker}@example.com",
+        daily_limit=10,
+    )
+    template = Template(
+        workspace_id=workspace.id, name=f"{marker} template", subject=f"{marker}", html="<p>x</p>"
+    )
+    session.add_all([account, template])
+    session.flush()
+    session.add_all(
+        [
+            Campaign(
+                workspace_id=workspace.id,
+                name=f"{marker} campaign",
+                status="draft",
+                account_id=account.id,
+                audience={"include_tags": [tag.id]},
+                template_ids=[template.id],
+            ),
+            QuotaAllocation(workspace_id=workspace.id, scope="user", subject=f"{marker}-user", daily_limit=5),
+            TriggerMail(
+                workspace_id=workspace.id,
+                idempotency_key=f"{marker}-key",
+                to_email=f"{marker}@example.com",
+                subject=f"{marker}",
+                status="sent",
+                account_id=account.id,
+            ),
+        ]
+    )
     session.flush()
     token_row = session.scalar(select(ApiToken.id).where(ApiToken.workspace_id == workspace.id))
     session.commit()
@@ -153,7 +212,8 @@ def _payload(rule, method: str, victim: Org) -> dict | None:
     if method in ("GET", "DELETE"):
         return None
     if (method, endpoint) not in PAYLOADS:
-        if not rule.arguments:
+        if not rule.arguments or not rule.rule.startswith(API):
+            # Page forms look their record up before reading the form: an empty post must 404.
             return {}
         pytest.fail(f"{method} {endpoint}: add a valid body to PAYLOADS in {__name__}")
     body = dict(PAYLOADS[(method, endpoint)])

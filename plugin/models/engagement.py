@@ -38,7 +38,13 @@ class StatCounter(WorkspaceScoped, Base):
     __tablename__ = "marketing_stat_counters"
     __table_args__ = (
         UniqueConstraint(
-            "campaign_id", "metric", "dimension", "key", "bucket", name="uq_marketing_stat_counters_cell"
+            "workspace_id",
+            "campaign_id",
+            "metric",
+            "dimension",
+            "key",
+            "bucket",
+            name="uq_marketing_stat_counters_cell",
         ),
     )
 
