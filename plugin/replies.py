@@ -137,6 +137,7 @@ class PollReport:
     auto_replies: int = 0
     bounces: int = 0
     unmatched: int = 0
+    unsubscribed: int = 0
     failed: int = 0
     last_uid: int = 0
     reset: bool = False
@@ -561,6 +562,26 @@ def _directory(directory: Any) -> Any:
     return get_state().directory
 
 
+def _mailto_unsubscribe(session: Session, workspace_id: int, mail: InboundMail, now: dt.datetime) -> bool:
+    """A mail from the ``List-Unsubscribe`` mailto (subject ``unsubscribe-<token>``): unsubscribe.
+
+    Mail clients that only offer the mailto form send it to the reply-to mailbox; its token is
+    the recipient's signed unsubscribe token, so nobody can unsubscribe someone else this way.
+    """
+    from . import tracking
+    from .extension import get_state
+
+    found = tracking._MAILTO_SUBJECT.search(mail.subject or "")
+    if found is None:
+        return False
+    settings = get_state().settings
+    ids = tracking.unsubscribe_from_subject(settings, mail.subject)
+    if ids is None or ids[0] != workspace_id:
+        return False
+    tracking.unsubscribe(session, settings, found.group(1), via="mailto", now=now)
+    return True
+
+
 def store_reply(
     session: Session,
     workspace_id: int,
@@ -574,10 +595,12 @@ def store_reply(
     """Store a reply once and apply its effects.  Does not commit.
 
     Returns ``(outcome, reply)``: ``stored`` (with the new reply), ``duplicate`` (seen before),
-    ``auto_reply``, ``bounce`` or ``unmatched``.
+    ``auto_reply``, ``bounce``, ``unmatched`` or ``unsubscribed`` (a ``List-Unsubscribe`` mailto).
     """
     options = options or ReplyOptions()
     now = now or utcnow()
+    if _mailto_unsubscribe(session, workspace_id, mail, now):
+        return "unsubscribed", None
     if mail.skip:
         return mail.skip, None
     found = match(session, workspace_id, mail, window_days=options.window_days, now=now)
@@ -959,6 +982,8 @@ def _handle(
         report.bounces += 1
     elif outcome == "unmatched":
         report.unmatched += 1
+    elif outcome == "unsubscribed":
+        report.unsubscribed += 1
     mailbox = session.get(ReplyMailbox, mailbox_id)
     if mailbox is not None and uid > int(mailbox.last_uid or 0):
         mailbox.last_uid = uid

@@ -621,3 +621,27 @@ def test_route_event_posted_to_the_webhook_becomes_a_reply(app, session, workspa
     stored = session.scalars(select(Reply).where(Reply.workspace_id == workspace.id)).all()
     assert [(r.source, r.recipient_id, r.text) for r in stored] == [("route", rec.id, "Sounds good")]
     assert counters.totals(session, campaign.id)["replied"] == 1
+
+
+def test_list_unsubscribe_mailto_unsubscribes_and_is_not_a_reply(
+    session, workspace, other_workspace, imap, folder
+):
+    """Clients that only offer the mailto form of List-Unsubscribe mail the reply-to mailbox."""
+    from plugin import suppression, tracking
+
+    campaign = make_campaign(session, workspace.id, [("bob@example.net", None, None)])
+    rec = recipient(session, campaign, "bob@example.net")
+    make_mailbox(session, workspace.id, imap, folder)
+    settings = get_state().settings
+    token = tracking.unsubscribe_token(settings, workspace.id, rec.id)
+    forged = tracking.unsubscribe_token(settings, other_workspace.id, rec.id)  # valid, but another workspace
+    imap.append(mail(sender="bob@example.net", subject=tracking.mailto_subject(forged)), folder)
+    imap.append(mail(sender="bob@example.net", subject="unsubscribe-1.2.AAAAAAAAAAAAAAAA"), folder)  # bad mac
+    imap.append(mail(sender="bob@example.net", subject=tracking.mailto_subject(token)), folder)
+
+    report = poll(session, workspace.id)
+
+    assert report.unsubscribed == 1  # only the valid token of this workspace unsubscribes
+    assert report.stored == 2  # the other two are ordinary mail from bob, kept as replies
+    assert suppression.is_suppressed(session, workspace.id, "bob@example.net")
+    assert recipient(session, campaign, "bob@example.net").unsubscribed_at is not None
