@@ -74,6 +74,8 @@ MAX_RECIPIENT_ATTEMPTS = 3
 MAX_BACKOFF_SECONDS = 300.0
 #: After the automatic "provider" pause, try again after this long.
 PROVIDER_COOLDOWN = dt.timedelta(minutes=10)
+#: Most recipients in one batch: SendCloud's per-request limit (SMTP batches follow it too).
+MAX_BATCH = 100
 #: SendCloud: content that does not match an approved template.
 TEMPLATE_MISMATCH = 40908
 
@@ -456,7 +458,7 @@ def run_batch(session: Session, campaign_id: int, ctx: RunContext) -> str:
         session,
         workspace_id=facts.workspace_id,
         account=account,
-        n=min(ctx.settings.batch_size, _max_batch(account)),
+        n=min(ctx.settings.batch_size, MAX_BATCH),
         settings=ctx.settings,
         owner_id=owner_id,
         team=team,
@@ -503,10 +505,6 @@ def _has_pending(session: Session, campaign_id: int) -> bool:
     )
     session.rollback()
     return found is not None
-
-
-def _max_batch(account: ProviderAccount) -> int:
-    return 100
 
 
 #: ``_claim`` found only addresses suppressed since the freeze (now skipped, committed).
@@ -944,13 +942,7 @@ def _build_message(
             )
         message_id = f"<mkt.{campaign.id}.{recipient_id}@{domain}>" if account.kind == "smtp" else None
         recipients.append(Recipient(email=email, variables=values, message_id=message_id))
-    extra: dict[str, Any] = {}
-    if (
-        sender_info.get("template_name")
-        and account.kind == "sendcloud"
-        and "template_name" in BatchMessage.__dataclass_fields__
-    ):
-        extra["template_name"] = sender_info["template_name"]
+    template_name = sender_info.get("template_name") if account.kind == "sendcloud" else None
     return BatchMessage(
         from_address=from_address,
         from_name=campaign.from_name or sender_info["from_name"] or "",
@@ -972,7 +964,7 @@ def _build_message(
         },
         label=campaign.label or None,
         kind="batch",
-        **extra,
+        template_name=template_name or None,
     )
 
 
