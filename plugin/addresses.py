@@ -5,6 +5,7 @@ from __future__ import annotations
 from email_validator import EmailNotValidError, validate_email
 
 from .errors import InvalidInput
+from .i18n import _
 
 
 def normalize_email(raw: str) -> str:
@@ -15,7 +16,7 @@ def normalize_email(raw: str) -> str:
     """
     candidate = (raw or "").strip().strip("<>").strip()
     if not candidate:
-        raise InvalidInput("the address is empty", field="email")
+        raise InvalidInput(_("the address is empty"), field="email")
     try:
         result = validate_email(candidate, check_deliverability=False, allow_smtputf8=False)
     except EmailNotValidError as exc:
@@ -24,5 +25,5 @@ def normalize_email(raw: str) -> str:
 
 
 def split_email(email: str) -> tuple[str, str]:
-    local, _, domain = email.rpartition("@")
+    local, _at, domain = email.rpartition("@")
     return local, domain

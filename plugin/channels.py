@@ -32,13 +32,12 @@ def sendcloud_credentials(account: ProviderAccount, secrets: SecretBox, channel:
     if not user or not key:
         user, key = account.api_user, account.api_key_encrypted
     if not user or not key:
-        raise ConfigurationError(
-            _(
-                "The SendCloud account %(name)s has no API_USER for %(channel)s mail.",
-                name=account.name,
-                channel=channel,
-            )
-        )
+        # Whole sentences per channel: the channel code is not a word of the user's language.
+        if channel == "trigger":
+            message = _("The SendCloud account %(name)s has no API_USER for trigger mail.", name=account.name)
+        else:
+            message = _("The SendCloud account %(name)s has no API_USER for batch mail.", name=account.name)
+        raise ConfigurationError(message)
     return user, secrets.decrypt(key)
 
 

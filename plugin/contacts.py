@@ -16,6 +16,7 @@ from .addresses import normalize_email, split_email
 from .directory import Segment, SqlDirectory
 from .errors import InvalidInput, NotFound
 from .filters import fold, load_rules
+from .i18n import _
 from .models import Contact, ContactTag, CustomField, SavedView, Tag
 
 CONTACT_FIELDS = ("name", "company", "country", "owner_id")
@@ -125,7 +126,7 @@ def _apply_fields(contact: Contact, data: dict[str, Any]) -> None:
 def create_contact(session: Session, workspace_id: int, data: dict[str, Any]) -> Contact:
     email = normalize_email(data["email"])
     if session.scalar(select(Contact.id).where(Contact.workspace_id == workspace_id, Contact.email == email)):
-        raise InvalidInput(f"{email} is already a contact", field="email")
+        raise InvalidInput(_("%(email)s is already a contact", email=email), field="email")
     local, domain = split_email(email)
     contact = Contact(
         workspace_id=workspace_id, email=email, email_local=local, email_domain=domain, custom={}
@@ -145,7 +146,7 @@ def update_contact(session: Session, workspace_id: int, contact_id: int, data: d
         if email != contact.email and session.scalar(
             select(Contact.id).where(Contact.workspace_id == workspace_id, Contact.email == email)
         ):
-            raise InvalidInput(f"{email} is already a contact", field="email")
+            raise InvalidInput(_("%(email)s is already a contact", email=email), field="email")
         contact.email = email
         contact.email_local, contact.email_domain = split_email(email)
     _apply_fields(contact, data)
@@ -196,16 +197,16 @@ def get_tag(session: Session, workspace_id: int, tag_id: int) -> Tag:
 def _clean_name(name: str, field: str = "name") -> str:
     clean = " ".join((name or "").split())
     if not clean:
-        raise InvalidInput("the name is empty", field=field)
+        raise InvalidInput(_("the name is empty"), field=field)
     if len(clean) > 100:
-        raise InvalidInput("the name is longer than 100 characters", field=field)
+        raise InvalidInput(_("the name is longer than 100 characters"), field=field)
     return clean
 
 
 def create_tag(session: Session, workspace_id: int, name: str, color: str | None = None) -> Tag:
     clean = _clean_name(name)
     if session.scalar(select(Tag.id).where(Tag.workspace_id == workspace_id, Tag.name == clean)):
-        raise InvalidInput(f"a tag named {clean!r} exists already", field="name")
+        raise InvalidInput(_("a tag named %(name)s exists already", name=repr(clean)), field="name")
     tag = Tag(workspace_id=workspace_id, name=clean)
     if color:
         tag.color = color
@@ -221,7 +222,7 @@ def rename_tag(session: Session, workspace_id: int, tag_id: int, name: str, colo
         select(Tag.id).where(Tag.workspace_id == workspace_id, Tag.name == clean, Tag.id != tag_id)
     )
     if clash:
-        raise InvalidInput(f"a tag named {clean!r} exists already", field="name")
+        raise InvalidInput(_("a tag named %(name)s exists already", name=repr(clean)), field="name")
     tag.name = clean
     if color:
         tag.color = color
@@ -274,7 +275,7 @@ def create_view(
     if session.scalar(
         select(SavedView.id).where(SavedView.workspace_id == workspace_id, SavedView.name == clean)
     ):
-        raise InvalidInput(f"a view named {clean!r} exists already", field="name")
+        raise InvalidInput(_("a view named %(name)s exists already", name=repr(clean)), field="name")
     view = SavedView(
         workspace_id=workspace_id,
         name=clean,
@@ -297,7 +298,7 @@ def update_view(session: Session, workspace_id: int, view_id: int, data: dict[st
             )
         )
         if clash:
-            raise InvalidInput(f"a view named {clean!r} exists already", field="name")
+            raise InvalidInput(_("a view named %(name)s exists already", name=repr(clean)), field="name")
         view.name = clean
     if "rules" in data:
         view.rules = validated_rules(data["rules"])

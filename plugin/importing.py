@@ -47,6 +47,7 @@ from .addresses import normalize_email, split_email
 from .contacts import custom_fields, ensure_custom_field
 from .directory import SqlDirectory
 from .errors import ImportFileError, InvalidInput, NotFound
+from .i18n import _
 from .models import Contact, ContactTag, ImportJob, Tag, utcnow
 
 #: Extensions accepted; ``.txt`` is how Excel names its tab-separated "Unicode text" export.
@@ -484,15 +485,24 @@ def validate_mapping(table: Table, mapping: Mapping[int, str]) -> dict[int, str]
                     field="mapping",
                 )
         elif target not in STANDARD_TARGETS:
-            raise InvalidInput(f"column {index + 1}: unknown target {target!r}", field="mapping")
+            raise InvalidInput(
+                _("column %(column)s: unknown target %(target)s", column=index + 1, target=repr(target)),
+                field="mapping",
+            )
         if target in seen:
             raise InvalidInput(
-                f"columns {seen[target] + 1} and {index + 1} are both mapped to {target}", field="mapping"
+                _(
+                    "columns %(first)s and %(second)s are both mapped to %(target)s",
+                    first=seen[target] + 1,
+                    second=index + 1,
+                    target=target,
+                ),
+                field="mapping",
             )
         seen[target] = index
         clean[index] = target
     if "email" not in seen:
-        raise InvalidInput("map one column to Email: every contact needs an address", field="mapping")
+        raise InvalidInput(_("map one column to Email: every contact needs an address"), field="mapping")
     return clean
 
 
@@ -507,7 +517,12 @@ def mapping_from_names(table: Table, pairs: Mapping[str, str]) -> dict[int, str]
             index = int(column) - 1
         if index is None:
             raise InvalidInput(
-                f"no column named {column!r}; the file has: {', '.join(table.header)}", field="mapping"
+                _(
+                    "no column named %(column)s; the file has: %(columns)s",
+                    column=repr(column),
+                    columns=", ".join(table.header),
+                ),
+                field="mapping",
             )
         mapping[index] = target
     return mapping
@@ -522,7 +537,7 @@ def clean_tag_name(name: str | None) -> str | None:
     if not clean:
         return None
     if len(clean) > 100:
-        raise InvalidInput("the tag name is longer than 100 characters", field="tag")
+        raise InvalidInput(_("the tag name is longer than 100 characters"), field="tag")
     return clean
 
 

@@ -61,6 +61,7 @@ from sqlalchemy.orm import Session
 
 from . import events
 from .errors import InvalidInput, NotFound
+from .i18n import _
 from .models import Campaign, CampaignRecipient, Reply, ReplyMailbox, utcnow
 
 log = logging.getLogger(__name__)
@@ -754,7 +755,7 @@ def save_mailbox(
     password = data.get("password") or None
     if mailbox is None:
         if not password:
-            raise InvalidInput("Enter the mailbox password.", field="password")
+            raise InvalidInput(_("Enter the mailbox password."), field="password")
         mailbox = ReplyMailbox(workspace_id=workspace_id, password_encrypted="", last_uid=0)
         session.add(mailbox)
     moved = (

@@ -21,6 +21,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from .errors import InvalidInput
+from .i18n import _
 from .models import Suppression
 from .models.base import utcnow
 
@@ -56,7 +57,7 @@ def add(
         raise InvalidInput(f"unknown suppression reason {reason!r}", field="reason")
     address = normalize(email)
     if not address:
-        raise InvalidInput("the address is empty", field="email")
+        raise InvalidInput(_("the address is empty"), field="email")
     values = {
         "workspace_id": workspace_id,
         "email": address,

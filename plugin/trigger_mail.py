@@ -606,6 +606,8 @@ def _reserve(
 
 
 def _blocked_text(blocked: quota.Blocked) -> str:
+    """The error stored on the trigger mail (shown in its list): every reason the gate answers has
+    its own sentence, and a reason added to the gate later reads generically, never as a raw code."""
     texts = {
         "quota": _(
             "Today's quota for trigger mail is used up; it returns at 00:00 (Beijing time). Nothing was sent."
@@ -614,9 +616,7 @@ def _blocked_text(blocked: quota.Blocked) -> str:
         "cap": _("The daily sending allowance is used up. Nothing was sent."),
         "not_synced": _("The account's quota could not be read from the provider. Nothing was sent."),
     }
-    text = texts.get(
-        blocked.reason, _("Sending is blocked (%(reason)s). Nothing was sent.", reason=blocked.reason)
-    )
+    text = texts.get(blocked.reason) or _("Sending is blocked for now. Nothing was sent.")
     return f"{text} {blocked.detail}".strip()
 
 

@@ -7,6 +7,7 @@ import io
 
 import openpyxl
 import pytest
+from flask_babel import force_locale
 from sqlalchemy import func, select
 
 from plugin import importing
@@ -92,7 +93,8 @@ def test_gbk_file_with_bad_rows_imports_the_good_ones_and_reports_each_bad_line(
     with pytest.raises(UnicodeDecodeError):
         data.decode("utf-8")  # the test must really exercise detection
 
-    job = do_import(session, workspace.id, data, tag_name="展会 2024")
+    with force_locale("en"):  # the reasons are written in the importer's language
+        job = do_import(session, workspace.id, data, tag_name="展会 2024")
 
     assert job.encoding == "gb18030"
     assert (job.total_rows, job.imported, job.updated, job.duplicates) == (1000, 950, 0, 0)
@@ -319,7 +321,7 @@ def test_suggested_mapping_reuses_existing_custom_fields(session, workspace):
 )
 def test_bad_mappings_are_refused_on_the_mapping_field(session, workspace, mapping, message):
     table = importing.read_table(b"email,name\na@example.com,A\n", "a.csv")
-    with pytest.raises(InvalidInput, match=message) as caught:
+    with pytest.raises(InvalidInput, match=message) as caught, force_locale("en"):
         importing.run_import(session, workspace.id, table, mapping, user_id="1", filename="a.csv")
     assert caught.value.field == "mapping"
 
@@ -496,7 +498,9 @@ def test_cli_import(app, session, workspace, tmp_path):
     assert "Excel workbook" in result.output
     result = runner.invoke(args=["marketing", "import", str(path), "--map", "email=Mail"])
     assert result.exit_code == 1
-    assert "no column named 'Mail'" in result.output
+    # The CLI speaks the default language (Chinese); the message names the column and the file's.
+    assert "'Mail'" in result.output
+    assert "邮箱, 姓名, 行业" in result.output
     assert contact_count(session, workspace.id) == 1
 
 

@@ -321,6 +321,20 @@ def test_a_blocked_quota_leaves_the_mail_failed_with_the_reason(session, workspa
     assert _send_requests(sim) == []
 
 
+def test_every_gate_reason_reads_as_its_own_sentence_and_an_unknown_one_shows_no_code():
+    # The reasons quota.reserve_for_send answers with (its Blocked(...) returns).
+    gate_reasons = ("quota", "balance", "cap", "not_synced")
+    generic = trigger_mail._blocked_text(quota.Blocked("some_new_reason"))
+    assert generic == "Sending is blocked for now. Nothing was sent."
+    sentences = {reason: trigger_mail._blocked_text(quota.Blocked(reason)) for reason in gate_reasons}
+    assert generic not in sentences.values()
+    assert len(set(sentences.values())) == len(gate_reasons)
+    assert "not_synced" not in sentences["not_synced"]
+    # The provider's own words follow the sentence.
+    detail = trigger_mail._blocked_text(quota.Blocked("some_new_reason", "SendCloud 500: down"))
+    assert detail == generic + " SendCloud 500: down"
+
+
 def test_a_trigger_mail_goes_out_while_campaigns_hold_the_whole_batch_quota(
     session, workspace, account, ctx, sim
 ):
