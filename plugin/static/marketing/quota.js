@@ -33,13 +33,23 @@
   const account = document.getElementById("forecast-account");
   if (!result || !input) return;
   const labels = JSON.parse(result.getAttribute("data-labels") || "{}");
+  // The symbol comes from the server (translated), the digit grouping from the page's language.
+  const currency = result.getAttribute("data-currency") || "";
+  const numbers = new Intl.NumberFormat(document.documentElement.lang || undefined);
+  const money = new Intl.NumberFormat(document.documentElement.lang || undefined,
+    { minimumFractionDigits: 2, maximumFractionDigits: 2 });
   let timer = null;
+  function count(value) {
+    return value === null || value === undefined ? null : numbers.format(value);
+  }
   function show(f) {
     result.textContent = "";
     const dl = document.createElement("dl");
     dl.className = "forecast-figures";
-    [[labels.cost, "¥" + Number(f.estimated_cost).toFixed(2)], [labels.today, f.remaining_today],
-     [labels.perDay, f.per_day], [labels.days, f.days_needed]].forEach(function (pair) {
+    // toFixed first keeps the rounding the figure always had; Intl only adds the grouping.
+    const cost = currency + money.format(Number(Number(f.estimated_cost).toFixed(2)));
+    [[labels.cost, cost], [labels.today, count(f.remaining_today)],
+     [labels.perDay, count(f.per_day)], [labels.days, count(f.days_needed)]].forEach(function (pair) {
       const dt = document.createElement("dt"); dt.textContent = pair[0];
       const dd = document.createElement("dd"); dd.textContent = pair[1] === null ? "—" : String(pair[1]);
       dl.appendChild(dt); dl.appendChild(dd);
