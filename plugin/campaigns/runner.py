@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import logging
 import os
 import random
@@ -34,7 +35,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, text, update
+from sqlalchemy import Select, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from .. import quota
@@ -112,6 +113,8 @@ class RunContext:
     #: The send gate's short-lived cache (snapshot, trigger share, ledger ids; see quota.GateCache).
     gate: quota.GateCache = dataclasses.field(default_factory=quota.GateCache)
     _providers: dict[tuple[int, str], Provider] = dataclasses.field(default_factory=dict)
+    #: Per campaign: when to look for stale batches again (see ``STALE_CHECK``).
+    _stale_check_due: dict[int, dt.datetime] = dataclasses.field(default_factory=dict)
     _contents: dict[tuple[int, int | None, int | None], Any] = dataclasses.field(default_factory=dict)
 
     def step(self, name: str) -> None:
@@ -394,9 +397,16 @@ class _CampaignFacts:
     from_name: str | None
     reply_to: str | None
     label: str | None
+    #: ``(template_id, sender_id)`` every recipient has when the campaign has one template and
+    #: at most one sender (the claim then skips asking which content comes next), else ``None``.
+    single_content: tuple[int, int | None] | None = None
 
     @classmethod
     def of(cls, campaign: Campaign) -> _CampaignFacts:
+        templates, senders = list(campaign.template_ids or ()), list(campaign.sender_ids or ())
+        single = None
+        if len(templates) == 1 and len(senders) <= 1:
+            single = (int(templates[0]), int(senders[0]) if senders else None)
         return cls(
             campaign.id,
             campaign.workspace_id,
@@ -404,6 +414,7 @@ class _CampaignFacts:
             campaign.from_name,
             campaign.reply_to,
             campaign.label,
+            single,
         )
 
 
@@ -432,6 +443,13 @@ def _provider(ctx: RunContext, account: _AccountFacts) -> Provider:
 
 def run_batch(session: Session, campaign_id: int, ctx: RunContext) -> str:
     """Do one unit of work for a running campaign and say what happened (see module constants)."""
+    outcome = _run_batch(session, campaign_id, ctx)
+    if outcome != SENT:  # a batch may have been released for a retry: look for it next time
+        ctx._stale_check_due.pop(campaign_id, None)
+    return outcome
+
+
+def _run_batch(session: Session, campaign_id: int, ctx: RunContext) -> str:
     now = ctx.clock()
     campaign = _campaign(session, campaign_id)
     if campaign is None or campaign.status != lifecycle.RUNNING:
@@ -446,11 +464,14 @@ def run_batch(session: Session, campaign_id: int, ctx: RunContext) -> str:
         return BLOCKED
     facts, account_facts = _CampaignFacts.of(campaign), _AccountFacts.of(account)
 
-    batch = _take_over_stale_batch(session, campaign, account, ctx, now)
-    if isinstance(batch, str):
-        return batch
-    if batch is not None:
-        return _send(session, facts, account_facts, batch, ctx, now)
+    due = ctx._stale_check_due.get(campaign_id)
+    if due is None or now >= due:
+        batch = _take_over_stale_batch(session, campaign, account, ctx, now)
+        if isinstance(batch, str):
+            return batch
+        if batch is not None:
+            return _send(session, facts, account_facts, batch, ctx, now)
+        ctx._stale_check_due[campaign_id] = now + STALE_CHECK
     # A fresh batch: reserve, claim and build in ONE transaction, committed with attempts=1
     # right before the provider call (a worker killed earlier leaves nothing behind).
     owner_id, team = campaign.owner_id, campaign.team
@@ -507,6 +528,11 @@ def _has_pending(session: Session, campaign_id: int) -> bool:
     return found is not None
 
 
+#: How often a worker that keeps sending looks for batches a dead worker left (their lease is
+#: minutes long, so a few seconds more go unnoticed; looking before every batch cost a query each).
+#: Any outcome other than ``sent`` makes the next batch look again (a retry releases its batch).
+STALE_CHECK = dt.timedelta(seconds=2)
+
 #: ``_claim`` found only addresses suppressed since the freeze (now skipped, committed).
 SKIPPED_ALL = "skipped"
 
@@ -538,34 +564,22 @@ def _claim(
     is the gate's (ledger row, then campaign row), the same as recording's (settle, then counters).
     """
     seq = session.execute(_NEXT_SEQ, {"cid": campaign.id}).scalar_one() - 1
-    first = session.execute(_FIRST_PENDING, {"cid": campaign.id}).first()
-    if first is None:
-        session.rollback()
-        return None
-    template_id, sender_id = first
-    query = (
-        select(
-            CampaignRecipient.id,
-            CampaignRecipient.contact_id,
-            CampaignRecipient.email,
-            CampaignRecipient.attempts,
-        )
-        .where(
-            CampaignRecipient.campaign_id == campaign.id,
-            CampaignRecipient.status == "pending",
-            CampaignRecipient.template_id.is_(None)
-            if template_id is None
-            else CampaignRecipient.template_id == template_id,
-            CampaignRecipient.sender_id.is_(None)
-            if sender_id is None
-            else CampaignRecipient.sender_id == sender_id,
-        )
-        .order_by(CampaignRecipient.id)
-        .limit(grant.amount)
-    )
-    if _is_postgres(session):
-        query = query.with_for_update(skip_locked=True)
-    rows = session.execute(query).all()
+    postgres = _is_postgres(session)
+    rows: Sequence[Any] = ()
+    if campaign.single_content is not None:  # one template and sender: no need to ask which
+        template_id, sender_id = campaign.single_content
+        rows = session.execute(
+            _pending_query(template_id, sender_id, grant.amount, postgres), {"cid": campaign.id}
+        ).all()
+    if not rows:
+        first = session.execute(_FIRST_PENDING, {"cid": campaign.id}).first()
+        if first is None:
+            session.rollback()
+            return None
+        template_id, sender_id = first
+        rows = session.execute(
+            _pending_query(template_id, sender_id, grant.amount, postgres), {"cid": campaign.id}
+        ).all()
     if not rows:
         session.rollback()
         return None
@@ -622,6 +636,34 @@ _NEXT_SEQ = (
     .values(next_seq=Campaign.__table__.c.next_seq + 1)
     .returning(Campaign.__table__.c.next_seq)
 )
+
+
+@functools.lru_cache(maxsize=256)  # statements are immutable: built once per content
+def _pending_query(template_id: int | None, sender_id: int | None, limit: int, postgres: bool) -> Select[Any]:
+    """The next ``limit`` pending recipients of one content (``:cid``), locked on PostgreSQL."""
+    query = (
+        select(
+            CampaignRecipient.id,
+            CampaignRecipient.contact_id,
+            CampaignRecipient.email,
+            CampaignRecipient.attempts,
+        )
+        .where(
+            CampaignRecipient.campaign_id == bindparam("cid"),
+            CampaignRecipient.status == "pending",
+            CampaignRecipient.template_id.is_(None)
+            if template_id is None
+            else CampaignRecipient.template_id == template_id,
+            CampaignRecipient.sender_id.is_(None)
+            if sender_id is None
+            else CampaignRecipient.sender_id == sender_id,
+        )
+        .order_by(CampaignRecipient.id)
+        .limit(limit)
+    )
+    return query.with_for_update(skip_locked=True) if postgres else query
+
+
 _FIRST_PENDING = (
     select(CampaignRecipient.template_id, CampaignRecipient.sender_id)
     .where(CampaignRecipient.campaign_id == bindparam("cid"), CampaignRecipient.status == "pending")
@@ -1189,15 +1231,12 @@ def _send_smtp(
     A batch taken over after a crash had its first remaining recipient possibly in flight: that
     one is flagged ``possible_duplicate`` (it is re-sent with the same Message-ID).
 
-    Per mail: the SMTP transaction, then ONE prepared UPDATE of the recipient and a commit.  The
-    campaign's sent/failed figures, the submitted/sent statistics and the quota settlement are
-    written once at the end of the batch from the batch's recorded rows (``_finish_smtp_batch``),
-    so they are exact whoever recorded which mail (a worker taking over after a crash included);
-    the progress shown moves once per batch.  On PostgreSQL the per-mail commit does not wait
-    for the WAL flush (``SET LOCAL synchronous_commit = off``): a killed *worker* still loses
-    nothing (the database has the commit); only a crash of the *database server* could lose the
-    last fraction of a second of records, whose mails would then be re-sent on takeover (the
-    first of them flagged as a possible duplicate).
+    Per mail: the SMTP transaction, then ONE prepared UPDATE of the recipient and a commit,
+    through a connection held for the batch (``_RecordConnection``).  The campaign's sent/failed
+    figures, the submitted/sent statistics and the quota settlement are written once at the end
+    of the batch from the batch's recorded rows (``_finish_smtp_batch``), so they are exact
+    whoever recorded which mail (a worker taking over after a crash included); the progress
+    shown moves once per batch.
     """
     provider = _provider(ctx, account)
     assert batch.grant is not None
@@ -1212,7 +1251,6 @@ def _send_smtp(
             .execution_options(synchronize_session=False)
         )
         session.commit()
-    relaxed = _is_postgres(session)
     lease_renewed_at = time.monotonic()
     by_email = {r.email: r for r in message.recipients}
     # The parts every recipient shares (From, headers) are prepared once per batch when the
@@ -1230,54 +1268,102 @@ def _send_smtp(
             return provider.send_prepared(message, recipient, shared)  # type: ignore[attr-defined]
         return provider.send_batch(dataclasses.replace(message, recipients=[recipient]))[0]
 
+    session.commit()  # nothing of the session stays open while the records go through ``conn``
     sent_any = False
-    for recipient_id, _contact_id, email, attempts in members:
-        try:
-            result = send(by_email[email])
-        except ProviderError as exc:
-            if not sent_any:
-                return _retry_later(session, campaign, batch, str(exc), ctx, now, throttled=False)
-            result = SendResult(email, "failed", error=f"temporary: {exc}")
-        except InvalidInput as exc:
-            result = SendResult(email, "rejected", error=str(exc))
-        sent_any = True
-        ctx.step("smtp:after_send")
-        status = result.status
-        attempts += 1
-        if relaxed:
-            session.execute(_ASYNC_COMMIT)
-        if status == "failed" and attempts < MAX_RECIPIENT_ATTEMPTS:
-            session.execute(_SMTP_RETRY, {"rid": recipient_id, "rs": result.error, "n": attempts})
-        else:
-            final = status if status in ("accepted", "unknown") else "failed"
-            session.execute(
-                _SMTP_FINAL,
-                {
-                    "rid": recipient_id,
-                    "st": final,
-                    "rs": (result.error or None) and str(result.error)[:255],
-                    "n": attempts,
-                    "mid": result.provider_message_id,
-                    "at": ctx.clock() if final != "failed" else None,
-                },
-            )
-        session.commit()
-        ctx.step("smtp:recorded")
-        if time.monotonic() - lease_renewed_at > ctx.batch_lease.total_seconds() / 3:
-            lease_renewed_at = time.monotonic()
-            session.execute(
-                update(SendBatch)
-                .where(SendBatch.id == batch.id)
-                .values(lease_until=ctx.clock() + ctx.batch_lease)
-                .execution_options(synchronize_session=False)
-            )
-            quota.renew_grant(session, batch.grant)
+    with _RecordConnection(session) as conn:
+        for recipient_id, _contact_id, email, attempts in members:
+            try:
+                result = send(by_email[email])
+            except ProviderError as exc:
+                if not sent_any:
+                    conn.close()
+                    return _retry_later(session, campaign, batch, str(exc), ctx, now, throttled=False)
+                result = SendResult(email, "failed", error=f"temporary: {exc}")
+            except InvalidInput as exc:
+                result = SendResult(email, "rejected", error=str(exc))
+            sent_any = True
+            ctx.step("smtp:after_send")
+            status = result.status
+            attempts += 1
+            if status == "failed" and attempts < MAX_RECIPIENT_ATTEMPTS:
+                conn.record(_SMTP_RETRY, {"rid": recipient_id, "rs": result.error, "n": attempts})
+            else:
+                final = status if status in ("accepted", "unknown") else "failed"
+                conn.record(
+                    _SMTP_FINAL,
+                    {
+                        "rid": recipient_id,
+                        "st": final,
+                        "rs": (result.error or None) and str(result.error)[:255],
+                        "n": attempts,
+                        "mid": result.provider_message_id,
+                        "at": ctx.clock() if final != "failed" else None,
+                    },
+                )
+            ctx.step("smtp:recorded")
+            if time.monotonic() - lease_renewed_at > ctx.batch_lease.total_seconds() / 3:
+                lease_renewed_at = time.monotonic()
+                session.execute(
+                    update(SendBatch)
+                    .where(SendBatch.id == batch.id)
+                    .values(lease_until=ctx.clock() + ctx.batch_lease)
+                    .execution_options(synchronize_session=False)
+                )
+                quota.renew_grant(session, batch.grant)
+                session.commit()
     _finish_smtp_batch(session, campaign.workspace_id, campaign.id, batch, batch.grant, ctx.clock())
     session.commit()
     return SENT
 
 
-_ASYNC_COMMIT = text("SET LOCAL synchronous_commit TO off")
+class _RecordConnection:
+    """The connection an SMTP batch records its mails through: one UPDATE and one commit each.
+
+    Why not the session: an ORM commit (transaction bookkeeping, expiring the identity map,
+    checking a connection in and out of the pool) cost more than the UPDATE itself, about a
+    quarter of each mail's time; a Core connection held for the batch commits in a call.  On
+    PostgreSQL its commits do not wait for the WAL flush (``synchronous_commit = off`` for this
+    connection only, reset before it goes back to the pool): a killed *worker* still loses
+    nothing (the database has the commit); only a crash of the *database server* could lose the
+    last fraction of a second of records, whose mails would then be re-sent on takeover (the
+    first of them flagged as a possible duplicate).
+    """
+
+    def __init__(self, session: Session) -> None:
+        self._engine = session.get_bind()
+        self._conn: Any = None
+        self._relaxed = self._engine.dialect.name == "postgresql"
+
+    def __enter__(self) -> _RecordConnection:
+        self._conn = self._engine.connect()
+        if self._relaxed:
+            self._conn.exec_driver_sql("SET synchronous_commit TO off")
+            self._conn.commit()
+        return self
+
+    def record(self, statement: Any, params: dict[str, Any]) -> None:
+        self._conn.execute(statement, params)
+        self._conn.commit()
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            conn.rollback()
+            if self._relaxed:
+                conn.exec_driver_sql("RESET synchronous_commit")
+                conn.commit()
+        except Exception:  # a broken connection must not go back to the pool with our setting
+            conn.invalidate()
+            raise
+        finally:
+            conn.close()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 _SMTP_FINAL = (
     CampaignRecipient.__table__.update()
     .where(CampaignRecipient.__table__.c.id == bindparam("rid"))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import json
@@ -250,6 +251,35 @@ def account_info_from_userinfo(info: Mapping[str, Any]) -> AccountInfo:
 # --------------------------------------------------------------------------- the client
 
 
+# Form encoding (application/x-www-form-urlencoded, as ``urllib.parse.urlencode`` writes it).
+# Why not let ``requests`` do it: its ``urlencode`` quotes byte by byte in Python, about 1 ms per
+# 100-recipient batch, more than the rest of the HTTP client.  ``str.translate`` over the UTF-8
+# bytes (read as Latin-1) does the same mapping in C, and the HTML and text parts, identical in
+# every batch of a campaign, are quoted once and reused.
+_FORM_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~")
+_FORM_TABLE = {i: "+" if i == 32 else chr(i) if i in _FORM_SAFE else f"%{i:02X}" for i in range(256)}
+_FORM_HEADERS = {"Content-Type": "application/x-www-form-urlencoded"}
+#: Fields whose value is the same in every batch of a campaign (worth caching their encoding).
+_CONSTANT_FIELDS = frozenset({"html", "plain", "subject", "from", "fromName", "replyTo", "labelName"})
+
+
+def _quote(value: str) -> str:
+    return value.encode("utf-8").decode("latin-1").translate(_FORM_TABLE)
+
+
+@functools.lru_cache(maxsize=64)
+def _quote_constant(value: str) -> str:
+    return _quote(value)
+
+
+def form_body(fields: Mapping[str, str]) -> bytes:
+    """The urlencoded body of ``fields``, byte for byte what ``urlencode`` would produce."""
+    return "&".join(
+        f"{_quote(key)}={_quote_constant(value) if key in _CONSTANT_FIELDS else _quote(value)}"
+        for key, value in fields.items()
+    ).encode("ascii")
+
+
 def _was_never_sent(exc: requests.ConnectionError) -> bool:
     """True when the connection could not be opened at all (so the server saw nothing)."""
     if isinstance(exc, requests.exceptions.ConnectTimeout):
@@ -300,10 +330,16 @@ class SendCloudClient:
                 continue
             data[key] = ("true" if value else "false") if isinstance(value, bool) else str(value)
         url = f"{self.base_url}/{path.lstrip('/')}"
+        body: Any = data
+        headers = None
+        if files is None:  # encoded here: see ``form_body``
+            body, headers = form_body(data), _FORM_HEADERS
         response = None
         for attempt in (1, 2):
             try:
-                response = self._session.post(url, data=data, files=files, timeout=self._timeouts())
+                response = self._session.post(
+                    url, data=body, files=files, headers=headers, timeout=self._timeouts()
+                )
                 break
             except requests.ConnectionError as exc:
                 if _was_never_sent(exc):
