@@ -223,7 +223,7 @@ def _check_subject(subject: str) -> str:
 def _check_limit(value: int, *, field: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= LIMIT_MAX:
         raise InvalidInput(
-            _("Enter a whole number of mails from 0 to %(max)s.", max=f"{LIMIT_MAX:,}"), field=field
+            _("Enter a whole number of mails from 0 to %(max)s.", max=format(LIMIT_MAX, ",")), field=field
         )
 
 

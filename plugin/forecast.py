@@ -221,6 +221,12 @@ def _stale(snapshot: AccountSnapshot | None, settings: Settings, now: dt.datetim
     return snapshot is None or now - snapshot.fetched_at > dt.timedelta(minutes=settings.quota_stale_minutes)
 
 
+def _yuan(amount: Decimal) -> str:
+    """An amount in yuan as the messages show it; formatted outside ``_()`` because Babel's
+    extractor warns about (and skips) f-strings inside a translation call."""
+    return f"¥{amount:.2f}"
+
+
 def _messages(
     *,
     recipients: int,
@@ -264,8 +270,8 @@ def _messages(
         out.append(
             _(
                 "The available balance (%(available)s) does not cover the estimated cost (%(cost)s).",
-                available=f"¥{available:.2f}",
-                cost=f"¥{cost:.2f}",
+                available=_yuan(available),
+                cost=_yuan(cost),
             )
         )
     return out

@@ -196,13 +196,13 @@ class _Watchdog:
 
 def _too_slow(seconds: float) -> FetchFailed:
     return FetchFailed(
-        _("The page did not arrive within %(seconds)s seconds.", seconds=f"{seconds:g}"), field="url"
+        _("The page did not arrive within %(seconds)s seconds.", seconds=format(seconds, "g")), field="url"
     )
 
 
 def _too_large(limit: int) -> FetchFailed:
     return FetchFailed(
-        _("The page is larger than the limit of %(kb)s KB.", kb=f"{limit // 1024:,}"), field="url"
+        _("The page is larger than the limit of %(kb)s KB.", kb=format(limit // 1024, ",")), field="url"
     )
 
 

@@ -204,8 +204,8 @@ def validate(
     if size > settings.template_max_bytes:
         errors["html"] = _(
             "The template is %(size)s KB; the limit is %(limit)s KB.",
-            size=f"{size / 1024:,.0f}",
-            limit=f"{settings.template_max_bytes / 1024:,.0f}",
+            size=format(size / 1024, ",.0f"),
+            limit=format(settings.template_max_bytes / 1024, ",.0f"),
         )
     for field, value in (("name", name), ("subject", subject), ("html", html), ("text", text or "")):
         problem = text_problem(value)
@@ -406,7 +406,7 @@ def import_file(
         raise InvalidInput(_("The file is empty."), field="file")
     if len(data) > settings.template_max_bytes:
         raise InvalidInput(
-            _("The file is larger than %(kb)s KB.", kb=f"{settings.template_max_bytes // 1024:,}"),
+            _("The file is larger than %(kb)s KB.", kb=format(settings.template_max_bytes // 1024, ",")),
             field="file",
         )
     content = decode_bytes(data).replace("\x00", "")
