@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
-import functools
 from collections import defaultdict
 from collections.abc import Iterable
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from . import bulk_sql
 from .models import StatCounter
 
 METRICS = (
@@ -127,23 +125,26 @@ def add_rows(session: Session, rows: Iterable[dict]) -> None:
             merged[key] = dict(row)
     if not merged:
         return
-    ordered = [merged[k] for k in sorted(merged, key=lambda k: (k[0], k[1], k[2], k[3], k[4].isoformat()))]
-    session.execute(_upsert(session.get_bind().dialect.name), ordered)
+    ordered = sorted(merged, key=lambda k: (k[0], k[1], k[2], k[3], k[4].isoformat()))
+    bucket_column = _TABLE.c.bucket
+    buckets = {at: bulk_sql.db_value(session, bucket_column, at) for at in {k[4] for k in ordered}}
+    values = []
+    for k in ordered:
+        row = merged[k]
+        cell = (row["workspace_id"], row["campaign_id"], row["metric"], row["dimension"], row["key"])
+        values.append((*cell, buckets[k[4]], row["count"]))
+    bulk_sql.executemany(session, _UPSERT, values)
 
 
-@functools.cache
-def _upsert(dialect: str):
-    """One upsert statement per dialect, built once and run as an executemany.
-
-    Building ``INSERT ... VALUES`` with the rows inlined costs SQLAlchemy more per bump than the
-    database work (every value is coerced and the statement compiled anew).
-    """
-    make_insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    statement = make_insert(_TABLE)
-    return statement.on_conflict_do_update(
-        index_elements=["workspace_id", "campaign_id", "metric", "dimension", "key", "bucket"],
-        set_={"count": _TABLE.c["count"] + statement.excluded["count"]},
-    )
+#: One statement for both databases (``ON CONFLICT ... DO UPDATE`` and ``excluded`` are common
+#: to SQLite and PostgreSQL), run through the driver's executemany (see ``plugin.bulk_sql``).
+_UPSERT = (
+    "INSERT INTO marketing_stat_counters "
+    '(workspace_id, campaign_id, metric, dimension, "key", bucket, count) '
+    "VALUES (?, ?, ?, ?, ?, ?, ?) "
+    'ON CONFLICT (workspace_id, campaign_id, metric, dimension, "key", bucket) '
+    "DO UPDATE SET count = marketing_stat_counters.count + excluded.count"
+)
 
 
 def send_rows(

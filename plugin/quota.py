@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import bindparam, case, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -235,15 +235,7 @@ def reserve(
         if left <= 0:
             break
         want = min(n, left)
-        matched = session.execute(
-            update(QuotaLedger)
-            .where(
-                QuotaLedger.id == ledger_id,
-                QuotaLedger.limit - QuotaLedger.reserved - QuotaLedger.committed >= want,
-            )
-            .values(reserved=QuotaLedger.reserved + want)
-            .execution_options(synchronize_session=False)
-        ).rowcount
+        matched = session.execute(_TAKE, {"lid": ledger_id, "want": want}).rowcount
         if matched == 1:
             granted = want
             break
@@ -287,6 +279,36 @@ def renew(
     return moved == 1
 
 
+# The statements of every batch, built once (building and keying a statement per call cost more
+# than running it).
+_LEDGER = QuotaLedger.__table__
+_RESERVATIONS = QuotaReservation.__table__
+_TAKE = (
+    _LEDGER.update()
+    .where(
+        _LEDGER.c.id == bindparam("lid"),
+        _LEDGER.c.limit - _LEDGER.c.reserved - _LEDGER.c.committed >= bindparam("want"),
+    )
+    .values(reserved=_LEDGER.c.reserved + bindparam("want"))
+)
+_RESERVATION = select(_RESERVATIONS.c.ledger_id, _RESERVATIONS.c.amount, _RESERVATIONS.c.status).where(
+    _RESERVATIONS.c.id == bindparam("rid")
+)
+_COMMIT = (
+    _RESERVATIONS.update()
+    .where(_RESERVATIONS.c.id == bindparam("rid"), _RESERVATIONS.c.status == bindparam("was"))
+    .values(status=COMMITTED, amount=bindparam("used"))
+)
+_SETTLE_LEDGER = (
+    _LEDGER.update()
+    .where(_LEDGER.c.id == bindparam("lid"))
+    .values(
+        reserved=_LEDGER.c.reserved - bindparam("back"),
+        committed=_LEDGER.c.committed + bindparam("used"),
+    )
+)
+
+
 def commit_reservation(session: Session, reservation_id: int, used: int, *, commit: bool = True) -> bool:
     """Settle a reservation with what the provider accepted: ``used`` is committed, the rest returns.
 
@@ -298,11 +320,7 @@ def commit_reservation(session: Session, reservation_id: int, used: int, *, comm
     the truth and stops further grants). ``commit=False`` leaves the transaction open for the
     caller to write per-recipient results in the same transaction.
     """
-    row = session.execute(
-        select(QuotaReservation.ledger_id, QuotaReservation.amount, QuotaReservation.status).where(
-            QuotaReservation.id == reservation_id
-        )
-    ).one_or_none()
+    row = session.execute(_RESERVATION, {"rid": reservation_id}).one_or_none()
     if row is None:
         raise LookupError(f"no quota reservation {reservation_id}")
     if row.status not in (HELD, EXPIRED):
@@ -313,20 +331,10 @@ def commit_reservation(session: Session, reservation_id: int, used: int, *, comm
         raise ValueError(f"used must be between 0 and the reserved {row.amount}, not {used}")
     changed = False
     for status in (HELD, EXPIRED):
-        moved = session.execute(
-            update(QuotaReservation)
-            .where(QuotaReservation.id == reservation_id, QuotaReservation.status == status)
-            .values(status=COMMITTED, amount=used)
-            .execution_options(synchronize_session=False)
-        ).rowcount
+        moved = session.execute(_COMMIT, {"rid": reservation_id, "was": status, "used": used}).rowcount
         if moved == 1:
             give_back = row.amount if status == HELD else 0
-            session.execute(
-                update(QuotaLedger)
-                .where(QuotaLedger.id == row.ledger_id)
-                .values(reserved=QuotaLedger.reserved - give_back, committed=QuotaLedger.committed + used)
-                .execution_options(synchronize_session=False)
-            )
+            session.execute(_SETTLE_LEDGER, {"lid": row.ledger_id, "back": give_back, "used": used})
             changed = True
             break
     if commit:

@@ -38,7 +38,7 @@ from typing import Any
 from sqlalchemy import Select, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
-from .. import quota
+from .. import bulk_sql, quota
 from ..errors import (
     AuthenticationFailed,
     DuplicateRequest,
@@ -1107,7 +1107,6 @@ def _record(
     now: dt.datetime,
 ) -> None:
     """Write per-recipient results, settle the quota and count, in the caller's transaction."""
-    from sqlalchemy import case, literal, or_
 
     from .. import counters
 
@@ -1139,23 +1138,22 @@ def _record(
             unknown += 1
             updates.append(_row(recipient_id, "unknown", reason, message_id, now, attempts, batch.id))
     if updates:
-        table = CampaignRecipient.__table__
-        # (no IN list: expanding parameters cannot be used in this executemany)
-        settled = or_(*(table.c.status == literal(s) for s in ("delivered", "bounced", "invalid")))
-        session.execute(
-            table.update()
-            .where(table.c.id == bindparam("rid"))
-            .values(
-                # a deliver/bounce webhook may already have arrived (it is mapped by our header
-                # before the provider id is stored): never move such a recipient back
-                status=case((settled, table.c.status), else_=bindparam("st")),
-                reason=case((settled, table.c.reason), else_=bindparam("rs")),
-                provider_message_id=bindparam("mid"),
-                sent_at=bindparam("at"),
-                attempts=bindparam("n"),
-                batch_id=bindparam("bid"),
-            ),
-            updates,
+        sent_at = bulk_sql.db_value(session, CampaignRecipient.__table__.c.sent_at, now)
+        bulk_sql.executemany(
+            session,
+            _RECORD_RECIPIENT,
+            [
+                (
+                    u["st"],
+                    u["rs"],
+                    u["mid"],
+                    sent_at if u["at"] is not None else None,
+                    u["n"],
+                    u["bid"],
+                    u["rid"],
+                )
+                for u in updates
+            ],
         )
     assert batch.grant is not None
     outcomes = [  # submitted = handed over with a final answer; sent = accepted
@@ -1175,24 +1173,38 @@ def _record(
         ),
     )
     quota.settle(session, batch.grant, accepted + unknown)
+    session.execute(_BATCH_SENT, {"bid": batch.id, "at": now})
     session.execute(
-        update(SendBatch)
-        .where(SendBatch.id == batch.id)
-        .values(status="sent", sent_at=now, error=None)
-        .execution_options(synchronize_session=False)
+        _COUNT_ACCEPTED if accepted else _COUNT_FAILED,
+        {"cid": campaign.id, "sent": accepted, "failed": failed + unknown},
     )
-    values: dict[str, Any] = {
-        "sent": Campaign.sent + accepted,
-        "failed": Campaign.failed + failed + unknown,
-    }
-    if accepted:
-        values["consecutive_failures"] = 0
-    session.execute(
-        update(Campaign)
-        .where(Campaign.id == campaign.id)
-        .values(**values)
-        .execution_options(synchronize_session=False)
+
+
+#: A recipient's recorded result (sqlite3 ``?`` style, see ``plugin.bulk_sql``).  A deliver or
+#: bounce webhook may already have arrived (it is mapped by our header before the provider id
+#: is stored): such a recipient never moves back.  The SET expressions read the row as it was.
+_RECORD_RECIPIENT = (
+    "UPDATE marketing_campaign_recipients SET "
+    "status = CASE WHEN status IN ('delivered', 'bounced', 'invalid') THEN status ELSE ? END, "
+    "reason = CASE WHEN status IN ('delivered', 'bounced', 'invalid') THEN reason ELSE ? END, "
+    "provider_message_id = ?, sent_at = ?, attempts = ?, batch_id = ? "
+    "WHERE id = ?"
+)
+_BATCH_SENT = (
+    SendBatch.__table__.update()
+    .where(SendBatch.__table__.c.id == bindparam("bid"))
+    .values(status="sent", sent_at=bindparam("at"), error=None)
+)
+_CAMPAIGN = Campaign.__table__
+_COUNT_FAILED = (
+    _CAMPAIGN.update()
+    .where(_CAMPAIGN.c.id == bindparam("cid"))
+    .values(
+        sent=_CAMPAIGN.c.sent + bindparam("sent"),
+        failed=_CAMPAIGN.c.failed + bindparam("failed"),
     )
+)
+_COUNT_ACCEPTED = _COUNT_FAILED.values(consecutive_failures=0)
 
 
 def _row(
