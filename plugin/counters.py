@@ -133,7 +133,7 @@ def add_rows(session: Session, rows: Iterable[dict]) -> None:
         row = merged[k]
         cell = (row["workspace_id"], row["campaign_id"], row["metric"], row["dimension"], row["key"])
         values.append((*cell, buckets[k[4]], row["count"]))
-    bulk_sql.executemany(session, _UPSERT, values)
+    bulk_sql.executemany(session, _UPSERT, values, postgres_sql=_UPSERT_PG)
 
 
 #: One statement for both databases (``ON CONFLICT ... DO UPDATE`` and ``excluded`` are common
@@ -142,6 +142,14 @@ _UPSERT = (
     "INSERT INTO marketing_stat_counters "
     '(workspace_id, campaign_id, metric, dimension, "key", bucket, count) '
     "VALUES (?, ?, ?, ?, ?, ?, ?) "
+    'ON CONFLICT (workspace_id, campaign_id, metric, dimension, "key", bucket) '
+    "DO UPDATE SET count = marketing_stat_counters.count + excluded.count"
+)
+_UPSERT_PG = (
+    "INSERT INTO marketing_stat_counters "
+    '(workspace_id, campaign_id, metric, dimension, "key", bucket, count) '
+    "SELECT * FROM unnest(?::integer[], ?::integer[], ?::varchar[], ?::varchar[], ?::varchar[], "
+    "?::timestamptz[], ?::integer[]) "
     'ON CONFLICT (workspace_id, campaign_id, metric, dimension, "key", bucket) '
     "DO UPDATE SET count = marketing_stat_counters.count + excluded.count"
 )

@@ -1154,6 +1154,7 @@ def _record(
                 )
                 for u in updates
             ],
+            postgres_sql=_RECORD_RECIPIENT_PG,
         )
     assert batch.grant is not None
     outcomes = [  # submitted = handed over with a final answer; sent = accepted
@@ -1189,6 +1190,15 @@ _RECORD_RECIPIENT = (
     "reason = CASE WHEN status IN ('delivered', 'bounced', 'invalid') THEN reason ELSE ? END, "
     "provider_message_id = ?, sent_at = ?, attempts = ?, batch_id = ? "
     "WHERE id = ?"
+)
+_RECORD_RECIPIENT_PG = (
+    "UPDATE marketing_campaign_recipients AS r SET "
+    "status = CASE WHEN r.status IN ('delivered', 'bounced', 'invalid') THEN r.status ELSE v.st END, "
+    "reason = CASE WHEN r.status IN ('delivered', 'bounced', 'invalid') THEN r.reason ELSE v.rs END, "
+    "provider_message_id = v.mid, sent_at = v.at, attempts = v.n, batch_id = v.bid "
+    "FROM unnest(?::varchar[], ?::varchar[], ?::varchar[], ?::timestamptz[], ?::integer[], "
+    "?::bigint[], ?::bigint[]) AS v(st, rs, mid, at, n, bid, rid) "
+    "WHERE r.id = v.rid"
 )
 _BATCH_SENT = (
     SendBatch.__table__.update()
