@@ -176,10 +176,20 @@ def run_engine(app, campaign_id: int, workers: int, profile_to: str | None) -> s
 
 def main() -> int:
     p = harness.parser(__doc__.split("\n\n")[0])
-    p.add_argument("--workers", type=int, default=1, help="runner threads sharing the campaign")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="runner threads sharing the campaign (default: what the threads backend gives an "
+        "unlimited SendCloud campaign, MARKETING_CAMPAIGN_THREADS)",
+    )
     p.add_argument("--profile-engine", metavar="FILE", help="cProfile the engine run (1 worker) to FILE")
     args = p.parse_args()
     n = args.n or PROFILES[args.profile]
+    if args.workers is None:
+        from plugin.config import DEFAULTS
+
+        args.workers = int(DEFAULTS["CAMPAIGN_THREADS"])
 
     from plugin.access import ensure_workspace
     from plugin.campaigns import runner

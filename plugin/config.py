@@ -45,6 +45,10 @@ DEFAULTS: dict[str, Any] = {
     "BATCH_SIZE": 100,
     #: Default mails per second for a campaign.
     "SEND_RATE": 50.0,
+    #: Threads the ``threads`` backend gives one SendCloud campaign sent without a rate limit:
+    #: while one waits for the provider's answer another claims and records.  A campaign with a
+    #: rate, and an SMTP campaign (one connection, the account's own rate), keep one thread.
+    "CAMPAIGN_THREADS": 2,
     #: Run the scheduler inside this process (only one process of a deployment should).
     "SCHEDULER_ENABLED": False,
     #: Seconds between scheduler ticks.
@@ -145,6 +149,7 @@ class Settings:
     mx_check: bool = False
     mx_check_budget_seconds: float = 30.0
     smtp_send_rate: float = 6.0
+    campaign_threads: int = 2
     soft_bounce_limit: int = 3
     rate_limit_storage_url: str = "memory://"
     rate_limit_tracking: str = "600/minute"
@@ -180,6 +185,9 @@ def load_settings(config: Mapping[str, Any]) -> Settings:
     batch_size = int(raw["BATCH_SIZE"])
     if not 1 <= batch_size <= 100:
         raise ConfigurationError("MARKETING_BATCH_SIZE must be between 1 and 100")
+    campaign_threads = int(raw["CAMPAIGN_THREADS"])
+    if not 1 <= campaign_threads <= 8:
+        raise ConfigurationError("MARKETING_CAMPAIGN_THREADS must be between 1 and 8")
     backend = str(raw["EXECUTION_BACKEND"])
     if backend not in _BACKENDS:
         raise ConfigurationError(f"MARKETING_EXECUTION_BACKEND must be one of {sorted(_BACKENDS)}")
@@ -230,6 +238,7 @@ def load_settings(config: Mapping[str, Any]) -> Settings:
         mx_check=_as_bool(raw["MX_CHECK"]),
         mx_check_budget_seconds=float(raw["MX_CHECK_BUDGET_SECONDS"]),
         smtp_send_rate=float(raw["SMTP_SEND_RATE"]),
+        campaign_threads=campaign_threads,
         soft_bounce_limit=max(1, int(raw["SOFT_BOUNCE_LIMIT"])),
         rate_limit_storage_url=str(raw["RATE_LIMIT_STORAGE_URL"] or "memory://"),
         rate_limit_tracking=str(raw["RATE_LIMIT_TRACKING"] or "0"),

@@ -163,7 +163,12 @@ def run_in_app(app: Flask, campaign_id: int, *, worker_id: str, should_stop: Cal
 
 
 class ThreadExecutor:
-    """``threads`` backend: at most one thread per campaign in this process."""
+    """``threads`` backend: one campaign runs in this process at most once at a time.
+
+    A SendCloud campaign without a rate limit gets ``MARKETING_CAMPAIGN_THREADS`` threads (the
+    runner's claims let several workers share a campaign, on SQLite as on PostgreSQL): while one
+    waits for the provider's answer, the other claims, builds and records the next batch.
+    """
 
     def __init__(self, app: Flask, *, max_workers: int = 4) -> None:
         from .extension import get_state
@@ -171,10 +176,15 @@ class ThreadExecutor:
         self.app = app
         self.worker_id = worker_identity("threads")
         with app.app_context():
-            engine = get_state().db.engine
+            state = get_state()
+            engine = state.db.engine
+            self.threads_per_campaign = max(1, int(getattr(state.settings, "campaign_threads", 1)))
+            self.default_send_rate = float(state.settings.send_rate)
         self.heartbeat = Heartbeat(engine, self.worker_id)
-        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="marketing-run")
-        self._running: set[int] = set()
+        self._pool = ThreadPoolExecutor(
+            max_workers=max_workers * self.threads_per_campaign, thread_name_prefix="marketing-run"
+        )
+        self._running: dict[int, int] = {}  # campaign id -> threads still running it here
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.results: dict[int, str] = {}
@@ -183,14 +193,48 @@ class ThreadExecutor:
         with self._lock:
             if self._stop.is_set() or campaign_id in self._running:
                 return False
-            self._running.add(campaign_id)
+            self._running[campaign_id] = 0
+        threads = self._threads_for(campaign_id)
+        with self._lock:
+            self._running[campaign_id] = threads
+            self.results.pop(campaign_id, None)
         self.heartbeat.add(campaign_id)
-        try:
-            self._pool.submit(self._run, campaign_id)
-        except RuntimeError:  # pool shut down meanwhile
-            self._finish(campaign_id)
-            return False
+        for started in range(threads):
+            try:
+                self._pool.submit(self._run, campaign_id)
+            except RuntimeError:  # pool shut down meanwhile
+                for _ in range(threads - started):
+                    self._finish(campaign_id, None)
+                return started > 0
         return True
+
+    def _threads_for(self, campaign_id: int) -> int:
+        """Several threads only where they help and cannot break a limit (see the class doc)."""
+        if self.threads_per_campaign == 1:
+            return 1
+        from sqlalchemy import select
+
+        from .extension import get_state
+        from .models import Campaign, ProviderAccount
+
+        with self.app.app_context():
+            session = get_state().session
+            try:
+                row = session.execute(
+                    select(Campaign.send_rate, ProviderAccount.kind)
+                    .join(ProviderAccount, ProviderAccount.id == Campaign.account_id)
+                    .where(Campaign.id == campaign_id)
+                ).first()
+            finally:
+                session.remove() if hasattr(session, "remove") else session.close()
+        if row is None or row.kind != "sendcloud":
+            return 1
+        rate = (
+            row.send_rate if row.send_rate is not None else self.default_send_rate
+        )  # as the runner reads it
+        if rate > 0:
+            return 1
+        return self.threads_per_campaign
 
     def active(self, campaign_id: int) -> bool:
         with self._lock:
@@ -220,17 +264,26 @@ class ThreadExecutor:
             self.heartbeat.stop()
 
     def _run(self, campaign_id: int) -> None:
+        outcome = None
         try:
-            self.results[campaign_id] = run_in_app(
+            outcome = run_in_app(
                 self.app, campaign_id, worker_id=self.worker_id, should_stop=self._stop.is_set
             )
         finally:
-            self._finish(campaign_id)
+            self._finish(campaign_id, outcome)
 
-    def _finish(self, campaign_id: int) -> None:
-        self.heartbeat.remove(campaign_id)
+    def _finish(self, campaign_id: int, outcome: str | None) -> None:
         with self._lock:
-            self._running.discard(campaign_id)
+            # Threads sharing a campaign end one after the other; "idle" (nothing left for this
+            # one) says less than what another of them saw (done, blocked, ...).
+            if outcome is not None and (outcome != "idle" or campaign_id not in self.results):
+                self.results[campaign_id] = outcome
+            left = self._running.get(campaign_id, 1) - 1
+            if left > 0:
+                self._running[campaign_id] = left
+                return
+            self._running.pop(campaign_id, None)
+        self.heartbeat.remove(campaign_id)
 
 
 # --------------------------------------------------------------------------------------- celery

@@ -159,3 +159,32 @@ def test_send_command_reports_an_unknown_campaign(app, session):
     result = app.test_cli_runner().invoke(args=["marketing", "send", "999999"])
     assert result.exit_code != 0
     assert "no campaign 999999" in result.output
+
+
+def test_unrated_sendcloud_campaign_shares_out_to_two_threads_rated_one_keeps_one(
+    app, session, world, sim, caplog
+):
+    """Two threads of this process share an unlimited SendCloud campaign (each batch once);
+    a campaign with a rate keeps one thread, which paces it."""
+    import logging
+
+    unlimited = _started(app, session, world)
+    rated = add_campaign(session, world, send_at=utcnow(), name="Rated", send_rate=500)
+    executor = ThreadExecutor(app)
+    try:
+        assert executor.threads_per_campaign == 2  # MARKETING_CAMPAIGN_THREADS default
+        assert executor._threads_for(unlimited.id) == 2
+        assert executor._threads_for(rated.id) == 1
+        with caplog.at_level(logging.INFO, logger="plugin.tasks"):
+            assert executor.submit(unlimited.id)
+            assert not executor.submit(unlimited.id), "already running here"
+            assert executor.wait_idle(60)
+        assert executor.results[unlimited.id] == "done"
+    finally:
+        executor.shutdown()
+    runs = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"campaign {unlimited.id}:")]
+    assert len(runs) == 2, runs
+    batches = sum(int(m.split(" sent ")[1].split(" ")[0]) for m in runs)
+    assert batches == 6  # 60 recipients in batches of 10, each sent by exactly one thread
+    assert _status(session, unlimited.id).status == lifecycle.COMPLETED
+    assert sorted(world.recipients_seen(sim)) == sorted(world.emails)
