@@ -240,8 +240,9 @@ def main() -> int:
             print(
                 f"   engine: {delivered:,} mails in {engine.seconds:.2f} s = {rate:,.0f} mails/s "
                 f"(outcome {outcome}, campaign {status}, sent {sent:,}); per mail "
-                f"{sql.statements / max(1, delivered):.1f} SQL statements, "
-                f"{sql.commits / max(1, delivered):.2f} commits"
+                f"{sql.statements / max(1, delivered):.1f} SQL statements and "
+                f"{sql.commits / max(1, delivered):.2f} commits through SQLAlchemy, plus the mail's own "
+                "UPDATE and commit on the runner's driver connection"
             )
             peers: dict[str, dict[str, Any]] = {}
             for name in [x for x in args.peers.split(",") if x]:

@@ -24,7 +24,8 @@ from sqlalchemy.orm import Session
 
 
 @functools.lru_cache(maxsize=64)
-def _for_driver(sql: str, paramstyle: str) -> str:
+def for_driver(sql: str, paramstyle: str) -> str:
+    """``sql`` written with ``?`` placeholders, for a driver of ``paramstyle``."""
     if paramstyle == "qmark":
         return sql
     if paramstyle in ("format", "pyformat"):
@@ -48,9 +49,9 @@ def executemany(
     paramstyle = connection.dialect.paramstyle
     if postgres_sql is not None and connection.dialect.name == "postgresql":
         columns = tuple(list(column) for column in zip(*rows, strict=True))
-        connection.exec_driver_sql(_for_driver(postgres_sql, paramstyle), columns)
+        connection.exec_driver_sql(for_driver(postgres_sql, paramstyle), columns)
         return
-    connection.exec_driver_sql(_for_driver(sql, paramstyle), list(rows))
+    connection.exec_driver_sql(for_driver(sql, paramstyle), list(rows))
 
 
 def db_value(session: Session, column: Column[Any], value: Any) -> Any:

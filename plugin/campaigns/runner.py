@@ -1308,19 +1308,16 @@ def _send_smtp(
             status = result.status
             attempts += 1
             if status == "failed" and attempts < MAX_RECIPIENT_ATTEMPTS:
-                conn.record(_SMTP_RETRY, {"rid": recipient_id, "rs": result.error, "n": attempts})
+                conn.retry(recipient_id, (result.error or None) and str(result.error)[:255], attempts)
             else:
                 final = status if status in ("accepted", "unknown") else "failed"
-                conn.record(
-                    _SMTP_FINAL,
-                    {
-                        "rid": recipient_id,
-                        "st": final,
-                        "rs": (result.error or None) and str(result.error)[:255],
-                        "n": attempts,
-                        "mid": result.provider_message_id,
-                        "at": ctx.clock() if final != "failed" else None,
-                    },
+                conn.final(
+                    recipient_id,
+                    final,
+                    (result.error or None) and str(result.error)[:255],
+                    attempts,
+                    result.provider_message_id,
+                    ctx.clock() if final != "failed" else None,
                 )
             ctx.step("smtp:recorded")
             if time.monotonic() - lease_renewed_at > ctx.batch_lease.total_seconds() / 3:
@@ -1343,7 +1340,8 @@ class _RecordConnection:
 
     Why not the session: an ORM commit (transaction bookkeeping, expiring the identity map,
     checking a connection in and out of the pool) cost more than the UPDATE itself, about a
-    quarter of each mail's time; a Core connection held for the batch commits in a call.  On
+    quarter of each mail's time.  A pooled driver connection held for the batch runs the
+    prepared statement and commits in two calls (``plugin.bulk_sql`` explains the values).  On
     PostgreSQL its commits do not wait for the WAL flush (``synchronous_commit = off`` for this
     connection only, reset before it goes back to the pool): a killed *worker* still loses
     nothing (the database has the commit); only a crash of the *database server* could lose the
@@ -1353,54 +1351,73 @@ class _RecordConnection:
 
     def __init__(self, session: Session) -> None:
         self._engine = session.get_bind()
-        self._conn: Any = None
+        self._session = session
+        self._raw: Any = None
         self._relaxed = self._engine.dialect.name == "postgresql"
+        paramstyle = self._engine.dialect.paramstyle
+        self._final_sql = bulk_sql.for_driver(_SMTP_FINAL, paramstyle)
+        self._retry_sql = bulk_sql.for_driver(_SMTP_RETRY, paramstyle)
+        self._sent_at_column = CampaignRecipient.__table__.c.sent_at
 
     def __enter__(self) -> _RecordConnection:
-        self._conn = self._engine.connect()
+        self._raw = self._engine.raw_connection()
         if self._relaxed:
-            self._conn.exec_driver_sql("SET synchronous_commit TO off")
-            self._conn.commit()
+            self._run("SET synchronous_commit TO off", ())
         return self
 
-    def record(self, statement: Any, params: dict[str, Any]) -> None:
-        self._conn.execute(statement, params)
-        self._conn.commit()
+    def _run(self, sql: str, params: tuple[Any, ...]) -> None:
+        cursor = self._raw.cursor()
+        try:
+            cursor.execute(sql, params)
+        finally:
+            cursor.close()
+        self._raw.commit()
+
+    def final(
+        self,
+        recipient_id: int,
+        status: str,
+        reason: str | None,
+        attempts: int,
+        message_id: str | None,
+        at: Any,
+    ) -> None:
+        sent_at = bulk_sql.db_value(self._session, self._sent_at_column, at) if at is not None else None
+        self._run(self._final_sql, (status, reason, attempts, message_id, sent_at, recipient_id))
+
+    def retry(self, recipient_id: int, reason: str | None, attempts: int) -> None:
+        self._run(self._retry_sql, (reason, attempts, recipient_id))
 
     def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is None:
+        raw, self._raw = self._raw, None
+        if raw is None:
             return
         try:
-            conn.rollback()
+            raw.rollback()
             if self._relaxed:
-                conn.exec_driver_sql("RESET synchronous_commit")
-                conn.commit()
+                cursor = raw.cursor()
+                cursor.execute("RESET synchronous_commit")
+                cursor.close()
+                raw.commit()
         except Exception:  # a broken connection must not go back to the pool with our setting
-            conn.invalidate()
+            raw.invalidate()
             raise
         finally:
-            conn.close()
+            raw.close()
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
 
+#: One mail's recorded result, and a temporary failure sending the recipient back to the queue
+#: (driver SQL with ``?`` placeholders, see ``plugin.bulk_sql``).
 _SMTP_FINAL = (
-    CampaignRecipient.__table__.update()
-    .where(CampaignRecipient.__table__.c.id == bindparam("rid"))
-    .values(
-        status=bindparam("st"),
-        reason=bindparam("rs"),
-        attempts=bindparam("n"),
-        provider_message_id=bindparam("mid"),
-        sent_at=bindparam("at"),
-    )
+    "UPDATE marketing_campaign_recipients SET status = ?, reason = ?, attempts = ?, "
+    "provider_message_id = ?, sent_at = ? WHERE id = ?"
 )
 _SMTP_RETRY = (
-    CampaignRecipient.__table__.update()
-    .where(CampaignRecipient.__table__.c.id == bindparam("rid"))
-    .values(status="pending", reason=bindparam("rs"), attempts=bindparam("n"), batch_id=None)
+    "UPDATE marketing_campaign_recipients SET status = 'pending', reason = ?, attempts = ?, batch_id = NULL "
+    "WHERE id = ?"
 )
 #: Recorded outcomes of a batch; a webhook or DSN may already have moved an accepted one on.
 _ACCEPTED_LIKE = frozenset({"accepted", "delivered", "bounced", "invalid"})
