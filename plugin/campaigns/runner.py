@@ -1362,6 +1362,9 @@ class _RecordConnection:
     def __enter__(self) -> _RecordConnection:
         self._raw = self._engine.raw_connection()
         if self._relaxed:
+            # Autocommit: each UPDATE is its own transaction, one round trip instead of two.
+            self._raw.rollback()
+            self._raw.driver_connection.autocommit = True
             self._run("SET synchronous_commit TO off", ())
         return self
 
@@ -1371,7 +1374,8 @@ class _RecordConnection:
             cursor.execute(sql, params)
         finally:
             cursor.close()
-        self._raw.commit()
+        if not self._relaxed:
+            self._raw.commit()
 
     def final(
         self,
@@ -1398,7 +1402,7 @@ class _RecordConnection:
                 cursor = raw.cursor()
                 cursor.execute("RESET synchronous_commit")
                 cursor.close()
-                raw.commit()
+                raw.driver_connection.autocommit = False
         except Exception:  # a broken connection must not go back to the pool with our setting
             raw.invalidate()
             raise
