@@ -20,14 +20,14 @@ from collections.abc import Mapping
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from ..config import Settings
 from ..directory import ContactDirectory
 from ..errors import InvalidInput, InvalidTransition, MarketingError, NotFound
 from ..i18n import _
-from ..models import Campaign, ProviderAccount, SendBatch, Sender, Template, utcnow
+from ..models import Campaign, CampaignRecipient, ProviderAccount, SendBatch, Sender, Template, utcnow
 from . import lifecycle
 
 #: Seconds of recent batches the live send rate is measured over.
@@ -582,6 +582,9 @@ def delete_draft(session: Session, workspace_id: int, campaign_id: int) -> None:
     campaign = get_campaign(session, workspace_id, campaign_id)
     if campaign.status != lifecycle.DRAFT:
         raise InvalidTransition(_("Only drafts can be deleted; cancel the campaign instead."))
+    # Recipients have no foreign key to cascade through (see CampaignRecipient); a draft has
+    # none unless a freeze was interrupted, and those go with it.
+    session.execute(delete(CampaignRecipient).where(CampaignRecipient.campaign_id == campaign.id))
     session.delete(campaign)
     session.flush()
 

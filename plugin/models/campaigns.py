@@ -96,8 +96,10 @@ class CampaignRecipient(Base):
     __tablename__ = "marketing_campaign_recipients"
     # A freeze writes hundreds of thousands of rows in one statement, and every index and foreign
     # key is paid per row (bench/audience.py): batch and provider ids are indexed only once set
-    # (partial indexes; lookups by ``= value`` still use them), and ``workspace_id`` has no
-    # foreign key of its own, the campaign's (with its cascade) already implies it.
+    # (partial indexes; lookups by ``= value`` still use them), and neither ``workspace_id`` nor
+    # ``campaign_id`` has a foreign key (PostgreSQL checks one per inserted row, a third of a
+    # freeze): only the freeze writes rows, for its existing campaign, and deleting a campaign
+    # deletes its recipients (``campaigns.service.delete_draft``).
     __table_args__ = (
         UniqueConstraint("campaign_id", "email"),
         Index("ix_marketing_campaign_recipients_claim", "campaign_id", "status", "id"),
@@ -117,7 +119,7 @@ class CampaignRecipient(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     workspace_id: Mapped[int]
-    campaign_id: Mapped[int] = mapped_column(ForeignKey("marketing_campaigns.id", ondelete="CASCADE"))
+    campaign_id: Mapped[int]
     contact_id: Mapped[int | None] = mapped_column(BigId)
     email: Mapped[str] = mapped_column(String(320))
     template_id: Mapped[int | None]
