@@ -148,8 +148,8 @@ _UPSERT = (
 _UPSERT_PG = (
     "INSERT INTO marketing_stat_counters "
     '(workspace_id, campaign_id, metric, dimension, "key", bucket, count) '
-    "SELECT * FROM unnest(?::integer[], ?::integer[], ?::varchar[], ?::varchar[], ?::varchar[], "
-    "?::timestamptz[], ?::integer[]) "
+    "SELECT (e->>0)::integer, (e->>1)::integer, e->>2, e->>3, e->>4, (e->>5)::timestamptz, "
+    "(e->>6)::integer FROM json_array_elements(?::json) AS e "
     'ON CONFLICT (workspace_id, campaign_id, metric, dimension, "key", bucket) '
     "DO UPDATE SET count = marketing_stat_counters.count + excluded.count"
 )

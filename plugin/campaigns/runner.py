@@ -1196,8 +1196,9 @@ _RECORD_RECIPIENT_PG = (
     "status = CASE WHEN r.status IN ('delivered', 'bounced', 'invalid') THEN r.status ELSE v.st END, "
     "reason = CASE WHEN r.status IN ('delivered', 'bounced', 'invalid') THEN r.reason ELSE v.rs END, "
     "provider_message_id = v.mid, sent_at = v.at, attempts = v.n, batch_id = v.bid "
-    "FROM unnest(?::varchar[], ?::varchar[], ?::varchar[], ?::timestamptz[], ?::integer[], "
-    "?::bigint[], ?::bigint[]) AS v(st, rs, mid, at, n, bid, rid) "
+    "FROM (SELECT e->>0 AS st, e->>1 AS rs, e->>2 AS mid, (e->>3)::timestamptz AS at, "
+    "(e->>4)::integer AS n, (e->>5)::bigint AS bid, (e->>6)::bigint AS rid "
+    "FROM json_array_elements(?::json) AS e) AS v "
     "WHERE r.id = v.rid"
 )
 _BATCH_SENT = (
