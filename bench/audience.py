@@ -31,12 +31,12 @@ from plugin.campaigns import audience
 from plugin.directory import SqlDirectory
 from plugin.models import Campaign, CampaignRecipient, SavedView, Tag, Workspace
 
-from .common import (
+from .harness import (
     Verdict,
     analyze,
     best_of,
     bulk_insert,
-    database,
+    empty_database,
     migrated_engine,
     peak_rss_mb,
     report,
@@ -228,8 +228,8 @@ def scan(engine: sa.Engine) -> int:
 def run_one(kind: str, profile: str, explain: bool) -> list[Verdict]:
     n = SIZES[profile]
     say(f"[{kind}] {profile}: {n:,} contacts")
-    with database(kind) as url:
-        engine = migrated_engine(url)
+    with empty_database(kind) as database:
+        engine = migrated_engine(database.url)
         try:
             setup, oracle = generate(engine, n, SUPPRESSED[profile])
             directory = SqlDirectory()
