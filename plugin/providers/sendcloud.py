@@ -365,7 +365,7 @@ class SendCloudClient:
                         "SendCloud did not answer %(call)s within %(seconds)s s; the outcome is "
                         "unknown, retry with the same sendRequestId.",
                         call=path,
-                        seconds=f"{self.timeout:g}",
+                        seconds=format(self.timeout, "g"),
                     ),
                     provider=PROVIDER_NAME,
                     retryable=True,

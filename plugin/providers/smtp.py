@@ -255,7 +255,11 @@ def open_connection(settings: SmtpSettings) -> smtplib.SMTP:
     except TimeoutError:
         _close_quietly(smtp)
         raise _error(
-            _("%(where)s did not answer within %(seconds)s s.", where=where, seconds=f"{settings.timeout:g}"),
+            _(
+                "%(where)s did not answer within %(seconds)s s.",
+                where=where,
+                seconds=format(settings.timeout, "g"),
+            ),
             retryable=True,
         ) from None
     except socket.gaierror:
@@ -270,7 +274,7 @@ def open_connection(settings: SmtpSettings) -> smtplib.SMTP:
                 _(
                     "%(where)s did not answer within %(seconds)s s.",
                     where=where,
-                    seconds=f"{settings.timeout:g}",
+                    seconds=format(settings.timeout, "g"),
                 ),
                 retryable=True,
             ) from None
