@@ -1,11 +1,14 @@
 """Builders for campaign tests: a SendCloud or SMTP account, a sender, a template, tagged contacts
 and a campaign, written with the plugin's own models (no shortcuts around the services that the
-runner reads from)."""
+runner reads from); and Acme, a SendCloud simulator account with a trigger API_USER under it, for
+the template and trigger-mail tests."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from sqlalchemy import insert, select
 
@@ -20,23 +23,39 @@ from plugin.models import (
     Tag,
     Template,
 )
+from plugin.sandbox.sendcloud import SendCloudSimulator, SimulatorServer
 
 API_USER = "kit_batch"
 API_KEY = "kit-batch-key-0123456789"
 
+# Acme: a batch API_USER and a trigger API_USER under it, as SendCloud hands them out.
+BATCH_USER, BATCH_KEY = "acme_batch", "batch-key-0123456789abcdef"
+TRIGGER_USER, TRIGGER_KEY = "acme_trigger", "trigger-key-0123456789abcdef"
+
 
 def sendcloud_account(
-    session, workspace_id: int, *, api_user: str = API_USER, api_key: str = API_KEY
+    session,
+    workspace_id: int,
+    *,
+    api_user: str = API_USER,
+    api_key: str = API_KEY,
+    trigger_api_user: str | None = None,
+    trigger_api_key: str | None = None,
+    name: str = "SendCloud",
 ) -> ProviderAccount:
+    """The main API_USER serves batch mail too; trigger mail gets its own only when one is given
+    (without one the plugin falls back to the main API_USER)."""
     secrets = get_state().secrets
     account = ProviderAccount(
         workspace_id=workspace_id,
         kind="sendcloud",
-        name="SendCloud",
+        name=name,
         api_user=api_user,
         api_key_encrypted=secrets.encrypt(api_key),
         batch_api_user=api_user,
         batch_api_key_encrypted=secrets.encrypt(api_key),
+        trigger_api_user=trigger_api_user,
+        trigger_api_key_encrypted=secrets.encrypt(trigger_api_key) if trigger_api_key else None,
     )
     session.add(account)
     session.commit()
@@ -53,7 +72,7 @@ def smtp_account(
     username: str = "",
     password: str = "",
     from_address: str = "news@example.com",
-    rate: float = 0.0,
+    rate: float | None = 0.0,
     daily_limit: int | None = None,
 ) -> ProviderAccount:
     secrets = get_state().secrets
@@ -75,14 +94,23 @@ def smtp_account(
     return account
 
 
-def sender(session, workspace_id: int, *, address: str = "news@mail.example.com") -> Sender:
+def sender(
+    session,
+    workspace_id: int,
+    *,
+    address: str = "news@mail.example.com",
+    from_name: str | None = "Example News",
+    reply_to: str | None = "reply@example.com",
+    company_name: str | None = "Example Ltd",
+    postal_address: str | None = "1 Example Road, Shanghai",
+) -> Sender:
     row = Sender(
         workspace_id=workspace_id,
         from_address=address,
-        from_name="Example News",
-        reply_to="reply@example.com",
-        company_name="Example Ltd",
-        postal_address="1 Example Road, Shanghai",
+        from_name=from_name,
+        reply_to=reply_to,
+        company_name=company_name,
+        postal_address=postal_address,
         is_default=True,
     )
     session.add(row)
@@ -91,13 +119,20 @@ def sender(session, workspace_id: int, *, address: str = "news@mail.example.com"
 
 
 def template(
-    session, workspace_id: int, *, subject: str = "Hello {name|friend}", html: str | None = None
+    session,
+    workspace_id: int,
+    *,
+    name: str = "Kit template",
+    subject: str = "Hello {name|friend}",
+    html: str | None = None,
+    variables: Sequence[str] = (),
 ) -> Template:
     row = Template(
         workspace_id=workspace_id,
-        name="Kit template",
+        name=name,
         subject=subject,
         html=html or "<p>Dear {name|friend}, your mail is {email}.</p>",
+        variables=list(variables),
     )
     session.add(row)
     session.commit()
@@ -189,6 +224,72 @@ def campaign(
     session.add(row)
     session.commit()
     return row
+
+
+def tagged_campaign(
+    session,
+    workspace_id: int,
+    n: int,
+    *,
+    account: ProviderAccount,
+    template: Template,
+    sender: Sender,
+    tag: str = "all",
+    **options: Any,
+) -> Campaign:
+    """``n`` contacts tagged ``tag`` and a campaign whose audience is that tag (``options`` go to
+    ``campaign``): the audience most sending tests need, so each names only its size."""
+    contacts(session, workspace_id, n, tags=[tag])
+    return campaign(
+        session,
+        workspace_id,
+        account=account,
+        template=template,
+        sender=sender,
+        include_tags=[tag_id(session, workspace_id, tag)],
+        **options,
+    )
+
+
+@contextlib.contextmanager
+def acme_simulator(*, seed: int) -> Iterator[SendCloudSimulator]:
+    """A SendCloud simulator on loopback (its ``url`` set) that knows Acme's batch API_USER and
+    the trigger API_USER under it; mail is delivered at once."""
+    simulator = SendCloudSimulator(deliver_delay=0, seed=seed)
+    simulator.add_account(BATCH_USER, BATCH_KEY, quota=1000)
+    simulator.add_api_user(BATCH_USER, TRIGGER_USER, TRIGGER_KEY, email_type="trigger")
+    with SimulatorServer(simulator) as server:
+        simulator.url = server.url
+        yield simulator
+
+
+def acme_account(
+    session,
+    workspace_id: int,
+    *,
+    address: str = "news@mail.example.com",
+    from_name: str = "Acme",
+) -> ProviderAccount:
+    """Acme's SendCloud account (batch and trigger API_USERs of ``acme_simulator``) and its default
+    sender, whose company and postal address make the footer the tests look for."""
+    account = sendcloud_account(
+        session,
+        workspace_id,
+        api_user=BATCH_USER,
+        api_key=BATCH_KEY,
+        trigger_api_user=TRIGGER_USER,
+        trigger_api_key=TRIGGER_KEY,
+    )
+    sender(
+        session,
+        workspace_id,
+        address=address,
+        from_name=from_name,
+        reply_to=None,
+        company_name="Acme Ltd",
+        postal_address="1 Road, Shanghai",
+    )
+    return account
 
 
 def recipient_statuses(session, campaign_id: int) -> dict[str, int]:

@@ -64,6 +64,25 @@ def setup(app, session, workspace, sim):
     return {"account": account, "sender": sender, "template": template, "api_user": user}
 
 
+@pytest.fixture
+def tagged_campaign(session, workspace, setup):
+    """``tagged_campaign(n, **options)``: ``n`` contacts tagged "all" and a campaign to them through
+    the setup's account, sender and template (``options`` go to ``kit.campaign``)."""
+
+    def make(n: int, **options) -> Campaign:
+        return kit.tagged_campaign(
+            session,
+            workspace.id,
+            n,
+            account=setup["account"],
+            template=setup["template"],
+            sender=setup["sender"],
+            **options,
+        )
+
+    return make
+
+
 def _ctx(app, **kw):
     return runner.context_from_app(app, backoff_base=0.01, **kw)
 
@@ -124,14 +143,10 @@ def test_a_campaign_sends_each_included_recipient_once_with_its_own_values(
     assert session.scalar(select(SendBatch.id).where(SendBatch.status != "sent")) is None
 
 
-def test_provider_faults_never_duplicate_or_lose_a_recipient(app, app_config, session, workspace, setup, sim):
-    kit.contacts(session, workspace.id, 1200, tags=["all"])
-    c = kit.campaign(
-        session,
-        workspace.id,
-        include_tags=[kit.tag_id(session, workspace.id, "all")],
-        **{k: setup[k] for k in ("account", "template", "sender")},
-    )
+def test_provider_faults_never_duplicate_or_lose_a_recipient(
+    app, app_config, session, workspace, setup, tagged_campaign, sim
+):
+    c = tagged_campaign(1200)
     ctx = _ctx(app)
     runner.start(session, c.id, ctx)
     sim.faults.update({"error_rate": 0.3})
@@ -155,15 +170,11 @@ def test_provider_faults_never_duplicate_or_lose_a_recipient(app, app_config, se
     assert session.get(Campaign, c.id).sent == 1200
 
 
-def test_quota_pause_shows_a_reason_and_resumes_the_next_provider_day(app, session, workspace, setup, sim):
+def test_quota_pause_shows_a_reason_and_resumes_the_next_provider_day(
+    app, session, workspace, setup, tagged_campaign, sim
+):
     sim.set_account(setup["api_user"], quota=250, used=0)
-    kit.contacts(session, workspace.id, 400, tags=["all"])
-    c = kit.campaign(
-        session,
-        workspace.id,
-        include_tags=[kit.tag_id(session, workspace.id, "all")],
-        **{k: setup[k] for k in ("account", "template", "sender")},
-    )
+    c = tagged_campaign(400)
     day1 = dt.datetime(2026, 11, 23, 10, 0, tzinfo=dt.UTC)  # 18:00 in Beijing
     clock = [day1]
     ctx = _ctx(app, clock=lambda: clock[0])
@@ -194,14 +205,8 @@ def test_quota_pause_shows_a_reason_and_resumes_the_next_provider_day(app, sessi
     assert set(counts.values()) == {1}
 
 
-def test_provider_quota_answer_pauses_at_once(app, session, workspace, setup, sim):
-    kit.contacts(session, workspace.id, 150, tags=["all"])
-    c = kit.campaign(
-        session,
-        workspace.id,
-        include_tags=[kit.tag_id(session, workspace.id, "all")],
-        **{k: setup[k] for k in ("account", "template", "sender")},
-    )
+def test_provider_quota_answer_pauses_at_once(app, session, workspace, setup, tagged_campaign, sim):
+    c = tagged_campaign(150)
     ctx = _ctx(app)
     runner.start(session, c.id, ctx)
     sim.faults.update({"quota_exhausted": True})
@@ -222,15 +227,9 @@ def test_provider_quota_answer_pauses_at_once(app, session, workspace, setup, si
     assert len({m.recipient for m in _mails_to(sim, setup["api_user"])}) == 150
 
 
-def test_balance_too_low_pauses_with_the_balance_reason(app, session, workspace, setup, sim):
+def test_balance_too_low_pauses_with_the_balance_reason(app, session, workspace, setup, tagged_campaign, sim):
     sim.set_account(setup["api_user"], available=Decimal("0.0001"), balance=Decimal("0.0001"))
-    kit.contacts(session, workspace.id, 20, tags=["all"])
-    c = kit.campaign(
-        session,
-        workspace.id,
-        include_tags=[kit.tag_id(session, workspace.id, "all")],
-        **{k: setup[k] for k in ("account", "template", "sender")},
-    )
+    c = tagged_campaign(20)
     ctx = _ctx(app)
     runner.start(session, c.id, ctx)  # syncs: the snapshot shows the empty balance
     assert runner.run_batch(session, c.id, ctx) == runner.BLOCKED
@@ -240,17 +239,11 @@ def test_balance_too_low_pauses_with_the_balance_reason(app, session, workspace,
 
 
 def test_a_batch_interrupted_after_the_provider_accepted_it_is_not_sent_twice(
-    app, session, workspace, setup, sim
+    app, session, workspace, setup, tagged_campaign, sim
 ):
     """A worker dies between the provider's acceptance and our record: the next worker takes the
     batch over after its lease and re-sends it with the same key; SendCloud answers "duplicate"."""
-    kit.contacts(session, workspace.id, 120, tags=["all"])
-    c = kit.campaign(
-        session,
-        workspace.id,
-        include_tags=[kit.tag_id(session, workspace.id, "all")],
-        **{k: setup[k] for k in ("account", "template", "sender")},
-    )
+    c = tagged_campaign(120)
 
     class Crash(Exception):
         pass
@@ -276,14 +269,8 @@ def test_a_batch_interrupted_after_the_provider_accepted_it_is_not_sent_twice(
     assert session.get(Campaign, c.id).sent == 120
 
 
-def test_user_pause_resume_and_cancel(app, session, workspace, setup, sim):
-    kit.contacts(session, workspace.id, 300, tags=["all"])
-    c = kit.campaign(
-        session,
-        workspace.id,
-        include_tags=[kit.tag_id(session, workspace.id, "all")],
-        **{k: setup[k] for k in ("account", "template", "sender")},
-    )
+def test_user_pause_resume_and_cancel(app, session, workspace, setup, tagged_campaign, sim):
+    c = tagged_campaign(300)
     ctx = _ctx(app)
     runner.start(session, c.id, ctx)
     assert runner.run_batch(session, c.id, ctx) == runner.SENT
@@ -299,21 +286,14 @@ def test_user_pause_resume_and_cancel(app, session, workspace, setup, sim):
     assert len(_mails_to(sim, setup["api_user"])) == 200
 
 
-def test_owner_cap_limits_a_marketer(app, session, workspace, setup, sim):
+def test_owner_cap_limits_a_marketer(app, session, workspace, setup, tagged_campaign, sim):
     from plugin.models import QuotaAllocation
 
     session.add(
         QuotaAllocation(workspace_id=workspace.id, scope="user", subject="marketer-1", daily_limit=150)
     )
     session.commit()
-    kit.contacts(session, workspace.id, 300, tags=["all"])
-    c = kit.campaign(
-        session,
-        workspace.id,
-        include_tags=[kit.tag_id(session, workspace.id, "all")],
-        owner_id="marketer-1",
-        **{k: setup[k] for k in ("account", "template", "sender")},
-    )
+    c = tagged_campaign(300, owner_id="marketer-1")
     ctx = _ctx(app)
     runner.start(session, c.id, ctx)
     assert runner.run_campaign(session, c.id, ctx) == runner.BLOCKED
@@ -328,15 +308,7 @@ def test_smtp_channel_records_each_recipient_and_resends_only_the_one_in_flight(
         account = kit.smtp_account(session, workspace.id, host="127.0.0.1", port=sink.port)
         snd = kit.sender(session, workspace.id)
         tpl = kit.template(session, workspace.id)
-        kit.contacts(session, workspace.id, 30, tags=["all"])
-        c = kit.campaign(
-            session,
-            workspace.id,
-            account=account,
-            template=tpl,
-            sender=snd,
-            include_tags=[kit.tag_id(session, workspace.id, "all")],
-        )
+        c = kit.tagged_campaign(session, workspace.id, 30, account=account, template=tpl, sender=snd)
 
         class Crash(Exception):
             pass
@@ -381,14 +353,8 @@ def test_smtp_channel_records_each_recipient_and_resends_only_the_one_in_flight(
         sink.stop()
 
 
-def test_reservations_are_settled_to_what_was_accepted(app, session, workspace, setup, sim):
-    kit.contacts(session, workspace.id, 130, tags=["all"])
-    c = kit.campaign(
-        session,
-        workspace.id,
-        include_tags=[kit.tag_id(session, workspace.id, "all")],
-        **{k: setup[k] for k in ("account", "template", "sender")},
-    )
+def test_reservations_are_settled_to_what_was_accepted(app, session, workspace, setup, tagged_campaign, sim):
+    c = tagged_campaign(130)
     ctx = _ctx(app)
     runner.start(session, c.id, ctx)
     runner.run_campaign(session, c.id, ctx)

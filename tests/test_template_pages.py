@@ -3,26 +3,20 @@ live preview JSON, import forms, test send and review buttons, roles, CSRF and w
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 
+import campaign_kit as kit
 import pytest
+from campaign_kit import BATCH_USER, TRIGGER_USER
 
-from plugin.extension import get_state
-from plugin.models import Contact, ProviderAccount, Sender, Template
-from plugin.sandbox.sendcloud import SendCloudSimulator, SimulatorServer
-
-BATCH_USER, BATCH_KEY = "acme_batch", "batch-key-0123456789abcdef"
-TRIGGER_USER, TRIGGER_KEY = "acme_trigger", "trigger-key-0123456789abcdef"
+from plugin.models import Contact, Template
 
 
 @pytest.fixture
 def sim():
-    simulator = SendCloudSimulator(deliver_delay=0, seed=5)
-    simulator.add_account(BATCH_USER, BATCH_KEY, quota=1000)
-    simulator.add_api_user(BATCH_USER, TRIGGER_USER, TRIGGER_KEY, email_type="trigger")
-    with SimulatorServer(simulator) as server:
-        simulator.url = server.url
+    with kit.acme_simulator(seed=5) as simulator:
         yield simulator
 
 
@@ -34,44 +28,17 @@ def app_config(app_config, sim):
 
 @pytest.fixture
 def account(session, workspace):
-    secrets = get_state().secrets
-    row = ProviderAccount(
-        workspace_id=workspace.id,
-        kind="sendcloud",
-        name="SendCloud",
-        api_user=BATCH_USER,
-        api_key_encrypted=secrets.encrypt(BATCH_KEY),
-        batch_api_user=BATCH_USER,
-        batch_api_key_encrypted=secrets.encrypt(BATCH_KEY),
-        trigger_api_user=TRIGGER_USER,
-        trigger_api_key_encrypted=secrets.encrypt(TRIGGER_KEY),
-    )
-    session.add(row)
-    session.add(
-        Sender(
-            workspace_id=workspace.id,
-            from_address="news@mail.example.com",
-            from_name="Acme",
-            company_name="Acme Ltd",
-            postal_address="1 Road, Shanghai",
-            is_default=True,
-        )
-    )
-    session.commit()
-    return row
+    return kit.acme_account(session, workspace.id)
 
 
-def add_template(session, workspace_id, name="Spring", **kw) -> Template:
-    row = Template(
-        workspace_id=workspace_id,
-        name=name,
-        subject=kw.get("subject", "Hi {{name|there}}"),
-        html=kw.get("html", "<p>Dear {{name|friend}}</p>"),
-        variables=["name"],
-    )
-    session.add(row)
-    session.commit()
-    return row
+# ``add_template(session, workspace_id, name=...)``: the kit's template with this module's content.
+add_template = functools.partial(
+    kit.template,
+    name="Spring",
+    subject="Hi {{name|there}}",
+    html="<p>Dear {{name|friend}}</p>",
+    variables=["name"],
+)
 
 
 def text(response) -> str:

@@ -9,7 +9,9 @@ import functools
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import campaign_kit as kit
 import pytest
+from campaign_kit import BATCH_KEY, BATCH_USER, TRIGGER_USER
 from flask_babel import force_locale
 
 from plugin import netguard
@@ -18,14 +20,11 @@ from plugin.campaigns import templates as service
 from plugin.channels import provider_factory
 from plugin.errors import InvalidInput, InvalidTransition, NotFound, ProviderError
 from plugin.extension import get_state
-from plugin.models import Campaign, Contact, CustomField, ProviderAccount, Sender, Template
+from plugin.models import Campaign, Contact, CustomField, Template
 from plugin.providers.base import BatchMessage, Recipient
 from plugin.providers.sendcloud import SendCloudProvider
-from plugin.sandbox.sendcloud import SendCloudSimulator, SimulatorServer
 from plugin.sandbox.smtp_sink import SmtpSink
 
-BATCH_USER, BATCH_KEY = "acme_batch", "batch-key-0123456789abcdef"
-TRIGGER_USER, TRIGGER_KEY = "acme_trigger", "trigger-key-0123456789abcdef"
 NOW = dt.datetime(2025, 5, 1, 8, 0, tzinfo=dt.UTC)
 
 
@@ -37,11 +36,7 @@ def _english(app):
 
 @pytest.fixture
 def sim():
-    simulator = SendCloudSimulator(deliver_delay=0, seed=3)
-    simulator.add_account(BATCH_USER, BATCH_KEY, quota=1000)
-    simulator.add_api_user(BATCH_USER, TRIGGER_USER, TRIGGER_KEY, email_type="trigger")
-    with SimulatorServer(simulator) as server:
-        simulator.url = server.url
+    with kit.acme_simulator(seed=3) as simulator:
         yield simulator
 
 
@@ -58,31 +53,7 @@ def settings(app):
 
 @pytest.fixture
 def account(session, workspace):
-    secrets = get_state().secrets
-    row = ProviderAccount(
-        workspace_id=workspace.id,
-        kind="sendcloud",
-        name="SendCloud",
-        api_user=BATCH_USER,
-        api_key_encrypted=secrets.encrypt(BATCH_KEY),
-        batch_api_user=BATCH_USER,
-        batch_api_key_encrypted=secrets.encrypt(BATCH_KEY),
-        trigger_api_user=TRIGGER_USER,
-        trigger_api_key_encrypted=secrets.encrypt(TRIGGER_KEY),
-    )
-    session.add(row)
-    session.add(
-        Sender(
-            workspace_id=workspace.id,
-            from_address="news@mail.example.com",
-            from_name="Acme",
-            company_name="Acme Ltd",
-            postal_address="1 Road, Shanghai",
-            is_default=True,
-        )
-    )
-    session.commit()
-    return row
+    return kit.acme_account(session, workspace.id)
 
 
 def create(session, workspace, settings, **kw) -> Template:
@@ -359,17 +330,14 @@ def test_test_send_limits_and_errors(app, session, workspace, settings, account)
 def test_test_send_through_an_smtp_account(app, session, workspace, settings):
     sink = SmtpSink().start()
     try:
-        smtp = ProviderAccount(
-            workspace_id=workspace.id,
-            kind="smtp",
-            name="Mailbox",
-            smtp_host=sink.host,
-            smtp_port=sink.port,
-            smtp_security="none",
+        smtp = kit.smtp_account(
+            session,
+            workspace.id,
+            host=sink.host,
+            port=sink.port,
             from_address="me@corp.example.com",
+            rate=None,
         )
-        session.add(smtp)
-        session.commit()
         template = create(session, workspace, settings, html="<p>Hi {{name|you}}</p>")
         results = service.send_test(
             session,

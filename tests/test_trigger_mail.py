@@ -8,23 +8,21 @@ import datetime as dt
 import logging
 import threading
 
+import campaign_kit as kit
 import pytest
+from campaign_kit import BATCH_KEY, TRIGGER_KEY, TRIGGER_USER
 from flask_babel import force_locale
 from sqlalchemy import func, select
 
 from plugin import allocation, quota, trigger_mail
 from plugin.errors import InvalidInput
 from plugin.extension import get_state
-from plugin.models import ProviderAccount, QuotaLedger, Sender, Template, TriggerMail, utcnow
-from plugin.sandbox.sendcloud import SendCloudSimulator, SimulatorServer
+from plugin.models import ProviderAccount, QuotaLedger, TriggerMail, utcnow
 from tests import smtp_tls
 from tests.smtp_tls import PASSWORD, USER
 
 certs = smtp_tls.certs
 tls_sink = smtp_tls.tls_sink
-
-BATCH_USER, BATCH_KEY = "acme_batch", "batch-key-0123456789abcdef"
-TRIGGER_USER, TRIGGER_KEY = "acme_trigger", "trigger-key-0123456789abcdef"
 
 
 @pytest.fixture(autouse=True)
@@ -37,11 +35,7 @@ def _english_messages(app):
 
 @pytest.fixture
 def sim():
-    simulator = SendCloudSimulator(deliver_delay=0, seed=7)
-    simulator.add_account(BATCH_USER, BATCH_KEY, quota=1000)
-    simulator.add_api_user(BATCH_USER, TRIGGER_USER, TRIGGER_KEY, email_type="trigger")
-    with SimulatorServer(simulator) as server:
-        simulator.url = server.url
+    with kit.acme_simulator(seed=7) as simulator:
         yield simulator
 
 
@@ -65,45 +59,19 @@ def ctx(app, slept):
 
 @pytest.fixture
 def account(session, workspace):
-    secrets = get_state().secrets
-    row = ProviderAccount(
-        workspace_id=workspace.id,
-        kind="sendcloud",
-        name="SendCloud",
-        api_user=BATCH_USER,
-        api_key_encrypted=secrets.encrypt(BATCH_KEY),
-        batch_api_user=BATCH_USER,
-        batch_api_key_encrypted=secrets.encrypt(BATCH_KEY),
-        trigger_api_user=TRIGGER_USER,
-        trigger_api_key_encrypted=secrets.encrypt(TRIGGER_KEY),
-    )
-    session.add(row)
-    session.add(
-        Sender(
-            workspace_id=workspace.id,
-            from_address="orders@mail.example.com",
-            from_name="Acme 商城",
-            company_name="Acme Ltd",
-            postal_address="1 Road, Shanghai",
-            is_default=True,
-        )
-    )
-    session.commit()
-    return row
+    return kit.acme_account(session, workspace.id, address="orders@mail.example.com", from_name="Acme 商城")
 
 
 @pytest.fixture
 def template(session, workspace):
-    row = Template(
-        workspace_id=workspace.id,
+    return kit.template(
+        session,
+        workspace.id,
         name="Order confirmation",
         subject="订单 {{order_no}} 已确认",
         html="<html><body><p>Dear {{name|customer}}, order {{order_no}} ships {{ship_date}}.</p>"
         "</body></html>",
     )
-    session.add(row)
-    session.commit()
-    return row
 
 
 def _send(session, workspace, ctx, key="order-1001", **overrides):
@@ -190,18 +158,18 @@ def test_a_key_reused_for_another_recipient_is_refused(session, workspace, accou
 
 
 def test_the_same_key_in_two_workspaces_is_two_mails(session, workspace, other_workspace, account, ctx, sim):
-    secrets = get_state().secrets
-    session.add(
-        ProviderAccount(
-            workspace_id=other_workspace.id,
-            kind="sendcloud",
-            name="Other",
-            api_user=TRIGGER_USER,
-            api_key_encrypted=secrets.encrypt(TRIGGER_KEY),
-        )
+    kit.sendcloud_account(
+        session, other_workspace.id, api_user=TRIGGER_USER, api_key=TRIGGER_KEY, name="Other"
     )
-    session.add(Sender(workspace_id=other_workspace.id, from_address="o@mail.example.com", is_default=True))
-    session.commit()
+    kit.sender(
+        session,
+        other_workspace.id,
+        address="o@mail.example.com",
+        from_name=None,
+        reply_to=None,
+        company_name=None,
+        postal_address=None,
+    )
     one = _send(session, workspace, ctx, subject="Hi", html="<p>x</p>")
     two = _send(session, other_workspace, ctx, subject="Hi", html="<p>x</p>")
     assert one.id != two.id
@@ -373,23 +341,18 @@ def test_a_trigger_mail_goes_out_while_campaigns_hold_the_whole_batch_quota(
 
 @pytest.fixture
 def smtp_account(session, workspace):
-    def make(port: int, **values) -> ProviderAccount:
-        row = ProviderAccount(
-            workspace_id=workspace.id,
-            kind="smtp",
-            name=values.pop("name", "Mailbox"),
-            smtp_host="127.0.0.1",
-            smtp_port=port,
-            smtp_security="starttls",
-            smtp_username=USER,
-            smtp_password_encrypted=get_state().secrets.encrypt(PASSWORD),
+    def make(port: int, *, daily_limit: int = 100) -> ProviderAccount:
+        return kit.smtp_account(
+            session,
+            workspace.id,
+            host="127.0.0.1",
+            port=port,
+            security="starttls",
+            username=USER,
+            password=PASSWORD,
             from_address=USER,
-            send_rate=0,
-            daily_limit=values.pop("daily_limit", 100),
+            daily_limit=daily_limit,
         )
-        session.add(row)
-        session.commit()
-        return row
 
     return make
 
