@@ -4,7 +4,7 @@ Why: SQLAlchemy converts every parameter of every row of an ``executemany`` thro
 processors and builds a parameter dictionary per row; for the runner's per-batch writes (a
 hundred recipient rows, a hundred statistics cells) that bookkeeping cost more than the
 database's own work.  The values these statements take are plain strings and integers except
-for one timestamp per batch, which :func:`db_value` converts once with the column's own type,
+for one timestamp per batch, which :func:`to_db` converts once with the column's own type,
 so what reaches the database is exactly what SQLAlchemy itself would have written.
 
 The SQL is written once, with ``?`` placeholders, in the dialect both databases share
@@ -18,11 +18,13 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import Column
 from sqlalchemy.orm import Session
+
+from .errors import ConfigurationError
 
 
 @functools.lru_cache(maxsize=64)
@@ -32,7 +34,10 @@ def for_driver(sql: str, paramstyle: str) -> str:
         return sql
     if paramstyle in ("format", "pyformat"):
         return sql.replace("%", "%%").replace("?", "%s")
-    raise NotImplementedError(f"no placeholder rewrite for the {paramstyle} parameter style")
+    raise ConfigurationError(
+        f"the plugin's bulk statements run on sqlite3 and psycopg; this driver's parameter style "
+        f"({paramstyle}) is not one of theirs"
+    )
 
 
 def executemany(
@@ -63,8 +68,12 @@ def _json_value(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} has no JSON form for a bulk statement")
 
 
-def db_value(session: Session, column: Column[Any], value: Any) -> Any:
-    """``value`` as the column's type hands it to the driver (e.g. an aware UTC timestamp)."""
-    dialect = session.get_bind().dialect
-    processor = column.type.bind_processor(dialect)
-    return processor(value) if processor is not None else value
+def to_db(session: Session, column: Column[Any]) -> Callable[[Any], Any]:
+    """The conversion the column's type applies to a value on its way to the driver (e.g. an
+    aware UTC timestamp to SQLite's text); get it once, apply it per value."""
+    processor = column.type.bind_processor(session.get_bind().dialect)
+    return processor if processor is not None else _unchanged
+
+
+def _unchanged(value: Any) -> Any:
+    return value

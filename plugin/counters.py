@@ -126,8 +126,8 @@ def add_rows(session: Session, rows: Iterable[dict]) -> None:
     if not merged:
         return
     ordered = sorted(merged, key=lambda k: (k[0], k[1], k[2], k[3], k[4].isoformat()))
-    bucket_column = _TABLE.c.bucket
-    buckets = {at: bulk_sql.db_value(session, bucket_column, at) for at in {k[4] for k in ordered}}
+    to_db = bulk_sql.to_db(session, _TABLE.c.bucket)
+    buckets = {at: to_db(at) for at in {k[4] for k in ordered}}
     values = []
     for k in ordered:
         row = merged[k]
@@ -138,20 +138,20 @@ def add_rows(session: Session, rows: Iterable[dict]) -> None:
 
 #: One statement for both databases (``ON CONFLICT ... DO UPDATE`` and ``excluded`` are common
 #: to SQLite and PostgreSQL), run through the driver's executemany (see ``plugin.bulk_sql``).
-_UPSERT = (
-    "INSERT INTO marketing_stat_counters "
-    '(workspace_id, campaign_id, metric, dimension, "key", bucket, count) '
-    "VALUES (?, ?, ?, ?, ?, ?, ?) "
+_COLUMNS = '(workspace_id, campaign_id, metric, dimension, "key", bucket, count)'
+_ADD_ON_CONFLICT = (
     'ON CONFLICT (workspace_id, campaign_id, metric, dimension, "key", bucket) '
     "DO UPDATE SET count = marketing_stat_counters.count + excluded.count"
 )
+_UPSERT = (
+    f"INSERT INTO marketing_stat_counters {_COLUMNS} "  # noqa: S608 (constant fragments, no input)
+    f"VALUES (?, ?, ?, ?, ?, ?, ?) {_ADD_ON_CONFLICT}"
+)
+#: The same for PostgreSQL, all cells in one statement (``bulk_sql.executemany``'s JSON form).
 _UPSERT_PG = (
-    "INSERT INTO marketing_stat_counters "
-    '(workspace_id, campaign_id, metric, dimension, "key", bucket, count) '
+    f"INSERT INTO marketing_stat_counters {_COLUMNS} "  # noqa: S608 (constant fragments, no input)
     "SELECT (e->>0)::integer, (e->>1)::integer, e->>2, e->>3, e->>4, (e->>5)::timestamptz, "
-    "(e->>6)::integer FROM json_array_elements(?::json) AS e "
-    'ON CONFLICT (workspace_id, campaign_id, metric, dimension, "key", bucket) '
-    "DO UPDATE SET count = marketing_stat_counters.count + excluded.count"
+    f"(e->>6)::integer FROM json_array_elements(?::json) AS e {_ADD_ON_CONFLICT}"
 )
 
 

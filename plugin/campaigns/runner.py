@@ -1117,7 +1117,8 @@ def _record(
     by_email: dict[str, SendResult] = {}
     for result in results:
         by_email.setdefault(result.recipient.lower(), result)
-    updates = []
+    sent_at = bulk_sql.to_db(session, CampaignRecipient.__table__.c.sent_at)(now)
+    updates: list[tuple[Any, ...]] = []
     accepted = failed = retried = unknown = 0
     for recipient_id, _contact_id, email, attempts in members:
         result = by_email.get(email.lower())
@@ -1128,7 +1129,7 @@ def _record(
             status, reason, message_id = result.status, result.error, result.provider_message_id
         if status == "accepted":
             accepted += 1
-            updates.append(_row(recipient_id, "accepted", None, message_id, now, attempts, batch.id))
+            updates.append(_row(recipient_id, "accepted", None, message_id, sent_at, attempts, batch.id))
         elif status == "rejected":
             failed += 1
             updates.append(_row(recipient_id, "failed", reason, message_id, None, attempts, batch.id))
@@ -1140,31 +1141,13 @@ def _record(
             updates.append(_row(recipient_id, "failed", reason, None, None, attempts, batch.id))
         else:
             unknown += 1
-            updates.append(_row(recipient_id, "unknown", reason, message_id, now, attempts, batch.id))
-    if updates:
-        sent_at = bulk_sql.db_value(session, CampaignRecipient.__table__.c.sent_at, now)
-        bulk_sql.executemany(
-            session,
-            _RECORD_RECIPIENT,
-            [
-                (
-                    u["st"],
-                    u["rs"],
-                    u["mid"],
-                    sent_at if u["at"] is not None else None,
-                    u["n"],
-                    u["bid"],
-                    u["rid"],
-                )
-                for u in updates
-            ],
-            postgres_sql=_RECORD_RECIPIENT_PG,
-        )
+            updates.append(_row(recipient_id, "unknown", reason, message_id, sent_at, attempts, batch.id))
+    bulk_sql.executemany(session, _RECORD_RECIPIENT, updates, postgres_sql=_RECORD_RECIPIENT_PG)
     assert batch.grant is not None
     outcomes = [  # submitted = handed over with a final answer; sent = accepted
-        (member[2], row["st"] == "accepted")
+        (member[2], row[0] == "accepted")
         for member, row in zip(members, updates, strict=True)
-        if row["st"] != "pending"
+        if row[0] != "pending"
     ]
     counters.add_rows(
         session,
@@ -1180,7 +1163,7 @@ def _record(
     quota.settle(session, batch.grant, accepted + unknown)
     session.execute(_BATCH_SENT, {"bid": batch.id, "at": now})
     session.execute(
-        _COUNT_ACCEPTED if accepted else _COUNT_FAILED,
+        _ADD_OUTCOMES_AND_RESET if accepted else _ADD_OUTCOMES,
         {"cid": campaign.id, "sent": accepted, "failed": failed + unknown},
     )
 
@@ -1188,17 +1171,19 @@ def _record(
 #: A recipient's recorded result (sqlite3 ``?`` style, see ``plugin.bulk_sql``).  A deliver or
 #: bounce webhook may already have arrived (it is mapped by our header before the provider id
 #: is stored): such a recipient never moves back.  The SET expressions read the row as it was.
+_SETTLED = "IN ('delivered', 'bounced', 'invalid')"
 _RECORD_RECIPIENT = (
-    "UPDATE marketing_campaign_recipients SET "
-    "status = CASE WHEN status IN ('delivered', 'bounced', 'invalid') THEN status ELSE ? END, "
-    "reason = CASE WHEN status IN ('delivered', 'bounced', 'invalid') THEN reason ELSE ? END, "
+    "UPDATE marketing_campaign_recipients SET "  # noqa: S608 (constant fragments, no input)
+    f"status = CASE WHEN status {_SETTLED} THEN status ELSE ? END, "
+    f"reason = CASE WHEN status {_SETTLED} THEN reason ELSE ? END, "
     "provider_message_id = ?, sent_at = ?, attempts = ?, batch_id = ? "
     "WHERE id = ?"
 )
+#: The same for PostgreSQL, all rows in one statement (``bulk_sql.executemany``'s JSON form).
 _RECORD_RECIPIENT_PG = (
-    "UPDATE marketing_campaign_recipients AS r SET "
-    "status = CASE WHEN r.status IN ('delivered', 'bounced', 'invalid') THEN r.status ELSE v.st END, "
-    "reason = CASE WHEN r.status IN ('delivered', 'bounced', 'invalid') THEN r.reason ELSE v.rs END, "
+    "UPDATE marketing_campaign_recipients AS r SET "  # noqa: S608 (constant fragments, no input)
+    f"status = CASE WHEN r.status {_SETTLED} THEN r.status ELSE v.st END, "
+    f"reason = CASE WHEN r.status {_SETTLED} THEN r.reason ELSE v.rs END, "
     "provider_message_id = v.mid, sent_at = v.at, attempts = v.n, batch_id = v.bid "
     "FROM (SELECT e->>0 AS st, e->>1 AS rs, e->>2 AS mid, (e->>3)::timestamptz AS at, "
     "(e->>4)::integer AS n, (e->>5)::bigint AS bid, (e->>6)::bigint AS rid "
@@ -1211,7 +1196,7 @@ _BATCH_SENT = (
     .values(status="sent", sent_at=bindparam("at"), error=None)
 )
 _CAMPAIGN = Campaign.__table__
-_COUNT_FAILED = (
+_ADD_OUTCOMES = (
     _CAMPAIGN.update()
     .where(_CAMPAIGN.c.id == bindparam("cid"))
     .values(
@@ -1219,7 +1204,8 @@ _COUNT_FAILED = (
         failed=_CAMPAIGN.c.failed + bindparam("failed"),
     )
 )
-_COUNT_ACCEPTED = _COUNT_FAILED.values(consecutive_failures=0)
+#: An accepted mail also ends a run of consecutive failures.
+_ADD_OUTCOMES_AND_RESET = _ADD_OUTCOMES.values(consecutive_failures=0)
 
 
 def _row(
@@ -1227,20 +1213,21 @@ def _row(
     status: str,
     reason: str | None,
     message_id: str | None,
-    at: dt.datetime | None,
+    sent_at: Any,
     attempts: int,
     batch_id: int | None,
-) -> dict[str, Any]:
-    """Parameters of one recipient update; a recipient going back to ``pending`` leaves its batch."""
-    return {
-        "rid": recipient_id,
-        "st": status,
-        "rs": (reason or None) and str(reason)[:255],
-        "mid": message_id,
-        "at": at,
-        "n": attempts,
-        "bid": None if status == "pending" else batch_id,
-    }
+) -> tuple[Any, ...]:
+    """One recipient's ``_RECORD_RECIPIENT`` parameters, in its order (``sent_at`` already as the
+    driver takes it); a recipient going back to ``pending`` leaves its batch."""
+    return (
+        status,
+        (reason or None) and str(reason)[:255],
+        message_id,
+        sent_at,
+        attempts,
+        None if status == "pending" else batch_id,
+        recipient_id,
+    )
 
 
 def _backoff(ctx: RunContext, failures: int, *, throttled: bool) -> float:

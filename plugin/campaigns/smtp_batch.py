@@ -148,13 +148,12 @@ class _RecordConnection:
 
     def __init__(self, session: Session) -> None:
         self._engine = session.get_bind()
-        self._session = session
         self._raw: Any = None
         self._relaxed = self._engine.dialect.name == "postgresql"
         paramstyle = self._engine.dialect.paramstyle
         self._final_sql = bulk_sql.for_driver(_SMTP_FINAL, paramstyle)
         self._retry_sql = bulk_sql.for_driver(_SMTP_RETRY, paramstyle)
-        self._sent_at_column = CampaignRecipient.__table__.c.sent_at
+        self._sent_at_to_db = bulk_sql.to_db(session, CampaignRecipient.__table__.c.sent_at)
 
     def __enter__(self) -> _RecordConnection:
         self._raw = self._engine.raw_connection()
@@ -183,7 +182,7 @@ class _RecordConnection:
         message_id: str | None,
         at: Any,
     ) -> None:
-        sent_at = bulk_sql.db_value(self._session, self._sent_at_column, at) if at is not None else None
+        sent_at = self._sent_at_to_db(at) if at is not None else None
         self._run(self._final_sql, (status, reason, attempts, message_id, sent_at, recipient_id))
 
     def retry(self, recipient_id: int, reason: str | None, attempts: int) -> None:
