@@ -55,6 +55,15 @@ def page(chromium, live_server, request):
     context.close()
 
 
+def submit(page, selector: str) -> None:
+    """Click something that loads a new document (a form post, a link) and return once that
+    document has loaded. A bare click returns as soon as the click is dispatched, so the next
+    assertion could read the page being left; ``wait_for_url`` cannot help when the form posts
+    back to the URL it was on."""
+    with page.expect_navigation():
+        page.click(selector)
+
+
 def log_in(page, username: str, password: str | None = None) -> None:
     page.goto("/crm/login")
     page.fill("#username", username)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from .conftest import log_in
+from playwright.sync_api import expect
+
+from .conftest import log_in, submit
 
 
 def test_wrong_password_is_said_beside_the_field(page, users):
     page.goto("/crm/login")
     page.fill("#username", "admin")
     page.fill("#password", "nope")
-    page.click("button[type=submit]")
-    assert page.locator(".field .error").is_visible()
+    submit(page, "button[type=submit]")
+    expect(page.locator(".field .error")).to_be_visible()
     assert "/crm/login" in page.url
 
 

@@ -14,7 +14,7 @@ from plugin.models import AccountSnapshot, utcnow
 from plugin.sandbox.sendcloud import SendCloudSimulator, SimulatorServer
 from tests.quota_support import API_KEY, API_USER, bind_account
 
-from .conftest import log_in
+from .conftest import log_in, submit
 
 
 @pytest.fixture
@@ -48,8 +48,7 @@ def test_refresh_chart_forecast_and_caps(page, users, workspace, simulator):
     log_in(page, "admin")
     page.goto("/marketing/quota")
     assert page.locator('#account-bar [data-warning="stale"]').count() == 1
-    page.click("#account-bar [data-refresh-quota]")
-    page.wait_for_url("**/marketing/quota")
+    submit(page, "#account-bar [data-refresh-quota]")
     assert page.locator('#account-bar [data-used="700"]').count() == 1
     assert page.locator('#account-bar [data-warning="stale"]').count() == 0
     page.wait_for_selector('#quota-history-chart[data-rendered="1"]')

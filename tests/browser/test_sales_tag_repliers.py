@@ -17,6 +17,7 @@ import datetime as dt
 import uuid
 
 import pytest
+from playwright.sync_api import expect
 from sqlalchemy import select
 
 from plugin import counters, replies
@@ -26,7 +27,7 @@ from plugin.models import Campaign, CampaignRecipient, Contact, ContactTag, Tag,
 from plugin.sandbox.imap import ImapServer
 from tests import campaign_kit as kit
 
-from .conftest import ARTIFACTS, log_in
+from .conftest import ARTIFACTS, log_in, submit
 
 PASSWORD = "imap-s3cret-Pa55"
 TAG = "replied spring"
@@ -171,7 +172,7 @@ def test_sales_tags_the_repliers_and_an_exclusion_drops_exactly_them(page, works
     log_in(page, "sales")
     page.goto(f"/marketing/campaigns/{campaign.id}/stats")
     assert page.inner_text('[data-metric="replied"] .value').strip() == "3"
-    assert page.get_attribute("#funnel-chart", "data-rendered") == "1"
+    expect(page.locator("#funnel-chart")).to_have_attribute("data-rendered", "1")
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "sales_campaign_stats.png"), full_page=True)
     page.click('[data-drill="replied"]')
@@ -182,14 +183,13 @@ def test_sales_tags_the_repliers_and_an_exclusion_drops_exactly_them(page, works
     page.check("#check-page")
     assert page.inner_text("#checked-count") == "3"
     page.fill("#bulk-tag", TAG)
-    page.click("#bulk-add-tag")
-    page.wait_for_selector(".flash")
+    submit(page, "#bulk-add-tag")
     assert "replied spring" in page.inner_text(".flash")
     page.screenshot(path=str(ARTIFACTS / "sales_tagged_repliers.png"), full_page=True)
 
-    page.click('.plugin-nav a[href="/marketing/stats"]')
+    submit(page, '.plugin-nav a[href="/marketing/stats"]')
     assert page.inner_text('#range-figures [data-total="total"]').strip() == "12"
-    assert page.get_attribute("#account-chart", "data-rendered") == "1"
+    expect(page.locator("#account-chart")).to_have_attribute("data-rendered", "1")
     page.screenshot(path=str(ARTIFACTS / "sales_account_stats.png"), full_page=True)
 
     tag = session.scalar(select(Tag).where(Tag.workspace_id == workspace.id, Tag.name == TAG))

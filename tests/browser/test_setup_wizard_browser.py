@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 from werkzeug.serving import make_server
 
 from plugin.demo.app import stop_sendcloud_sandbox
@@ -17,7 +18,7 @@ from plugin.sandbox.dns import DnsResponder
 from plugin.sandbox.sendcloud import SendCloudSimulator, SimulatorServer
 from tests.conftest import free_port
 
-from .conftest import ARTIFACTS, log_in
+from .conftest import ARTIFACTS, log_in, submit
 
 API_USER = "browser_user"
 API_KEY = "browser-api-key-0001"
@@ -95,37 +96,37 @@ def test_admin_walks_the_whole_wizard_through_the_failure_paths(
     # 1. An invalid name, then an apex domain that receives mail, then the suggested subdomain.
     page.fill("#domain", "news_letter.example.com")
     page.check("#confirm")
-    page.click("#domain-submit")
+    submit(page, "#domain-submit")
     error = page.locator('[data-error="domain"]')
-    assert error.is_visible()
+    expect(error).to_be_visible()
     assert "_" in error.inner_text()
     shot(page, "1-invalid-domain")
 
     page.fill("#domain", "example.com")
-    page.click("#domain-submit")
-    assert page.locator('[data-warning="apex"]').is_visible()
-    assert page.locator('[data-warning="mx"]').is_visible()
+    submit(page, "#domain-submit")
+    expect(page.locator('[data-warning="apex"]')).to_be_visible()
+    expect(page.locator('[data-warning="mx"]')).to_be_visible()
     shot(page, "1-apex-warning")
     page.click(f'[data-suggest="{DOMAIN}"]')
     assert page.input_value("#domain") == DOMAIN
     page.uncheck("#confirm")
-    page.click("#domain-submit")
-    assert page.locator('[data-error="confirm"]').is_visible()
+    submit(page, "#domain-submit")
+    expect(page.locator('[data-error="confirm"]')).to_be_visible()
     page.check("#confirm")
-    page.click("#domain-submit")
+    submit(page, "#domain-submit")
     page.wait_for_url("**/marketing/setup/credentials")
 
     # 2. A wrong key, then the right one.
     page.fill("#api_user", API_USER)
     page.fill("#api_key", "not-the-right-key")
-    page.click("#credentials-submit")
+    submit(page, "#credentials-submit")
     key_error = page.locator('[data-error="api_key"]')
-    assert key_error.is_visible()
+    expect(key_error).to_be_visible()
     assert "API_KEY" in key_error.inner_text()
     assert page.input_value("#api_key") == ""  # never echoed back
     shot(page, "2-wrong-key")
     page.fill("#api_key", API_KEY)
-    page.click("#credentials-submit")
+    submit(page, "#credentials-submit")
     page.wait_for_url("**/marketing/setup/dns")
 
     # 3. Everything but DKIM, plus a second SPF record: both rows say what is wrong.
@@ -139,8 +140,7 @@ def test_admin_walks_the_whole_wizard_through_the_failure_paths(
 
     dns_server.publish([record(p) for p in ("ownership", "spf", "mx", "dmarc")])
     dns_server.add(DOMAIN, "TXT", "v=spf1 include:_spf.company-mail.example ~all")
-    page.click("#dns-check")
-    page.wait_for_load_state()
+    submit(page, "#dns-check")
     assert row(page, "dkim").get_attribute("data-status") == "fail"
     assert row(page, "spf").get_attribute("data-status") == "fail"
     assert row(page, "ownership").get_attribute("data-status") == "pass"
@@ -159,8 +159,7 @@ def test_admin_walks_the_whole_wizard_through_the_failure_paths(
     dns_server.set(
         DOMAIN, "TXT", [*kept, "v=spf1 include:_spf.company-mail.example include:spf.sendcloud.org ~all"]
     )
-    page.click("#dns-check")
-    page.wait_for_load_state()
+    submit(page, "#dns-check")
     assert row(page, "spf").get_attribute("data-status") == "pass"
     assert page.locator("#dns-continue").is_enabled()
     shot(page, "3-all-green")
@@ -180,28 +179,28 @@ def test_admin_walks_the_whole_wizard_through_the_failure_paths(
     page.fill("#reply_to", "marketing@example.com")
     page.fill("#company_name", "Example Ltd.")
     page.fill("#postal_address", "1 Example Road, Shanghai")
-    page.click("#sender-submit")
-    assert page.locator('[data-error="from_address"]').is_visible()
+    submit(page, "#sender-submit")
+    expect(page.locator('[data-error="from_address"]')).to_be_visible()
     assert DOMAIN in page.locator('[data-error="from_address"]').inner_text()
     page.fill("#from_address", f"news@{DOMAIN}")
-    page.click("#sender-submit")
+    submit(page, "#sender-submit")
     page.wait_for_url("**/marketing/setup/senders")
-    assert page.locator('[data-reply-to="waiting"]').is_visible()
+    expect(page.locator('[data-reply-to="waiting"]')).to_be_visible()
     assert page.locator("#senders-continue").is_disabled()
     shot(page, "5-waiting-for-confirmation")
     mail = next(m for m in sim.mails() if m.recipient == "marketing@example.com")
     link = re.search(r'href="([^"]+/confirm-reply-to/[^"]+)"', mail.html).group(1)
     page.goto(link)
-    page.click("#confirm-reply-to")
-    assert page.locator("[data-confirmed]").is_visible()
+    submit(page, "#confirm-reply-to")
+    expect(page.locator("[data-confirmed]")).to_be_visible()
     page.goto("/marketing/setup/senders")
-    assert page.locator('[data-reply-to="verified"]').is_visible()
+    expect(page.locator('[data-reply-to="verified"]')).to_be_visible()
     page.click("#senders-continue")
 
     # 6. Done: the account is synced and the quota shown.
     page.wait_for_url("**/marketing/setup/done")
     assert page.locator('[data-stat="quota"]').inner_text().strip() == "2,000"
-    assert page.locator("[data-setup-completed]").is_visible()
+    expect(page.locator("[data-setup-completed]")).to_be_visible()
     statuses = page.locator(".mkt-step").evaluate_all("els => els.map(e => e.dataset.status)")
     assert statuses == ["done"] * 6
     shot(page, "6-done")
@@ -209,7 +208,7 @@ def test_admin_walks_the_whole_wizard_through_the_failure_paths(
     # Coming back opens the done page; earlier steps can be revisited.
     page.goto("/marketing/setup")
     assert page.url.endswith("/marketing/setup/done")
-    page.click('.mkt-step[data-step="credentials"] a')
+    submit(page, '.mkt-step[data-step="credentials"] a')
     assert page.input_value("#api_user") == API_USER
     assert page.input_value("#api_key") == ""
     assert API_KEY not in page.content()
@@ -234,14 +233,13 @@ def test_sandbox_demo_panel_publishes_the_records(sandbox_demo_app, page, users,
     page.goto("/marketing/setup/domain")
     page.fill("#domain", "news.demo-shop.example")
     page.check("#confirm")
-    page.click("#domain-submit")
+    submit(page, "#domain-submit")
     page.wait_for_url("**/marketing/setup/credentials")
     page.click("#sandbox-fill-account")
-    page.click("#credentials-submit")
+    submit(page, "#credentials-submit")
     page.wait_for_url("**/marketing/setup/dns")
     assert row(page, "dkim").get_attribute("data-status") == "fail"
-    page.click("#sandbox-publish")
-    page.wait_for_load_state()
+    submit(page, "#sandbox-publish")
     for purpose in ("ownership", "spf", "dkim", "mx"):
         assert row(page, purpose).get_attribute("data-status") == "pass"
     shot(page, "sandbox-dns-published")
@@ -254,11 +252,11 @@ def test_sandbox_demo_panel_publishes_the_records(sandbox_demo_app, page, users,
     page.fill("#reply_to", "owner@demo-shop.example")
     page.fill("#company_name", "Demo Shop Ltd.")
     page.fill("#postal_address", "9 Demo Street")
-    page.click("#sender-submit")
+    submit(page, "#sender-submit")
     page.wait_for_url("**/marketing/setup/senders")
     link = page.get_attribute("#sandbox-confirm-link", "href")
     page.goto(link)
-    page.click("#confirm-reply-to")
+    submit(page, "#confirm-reply-to")
     page.goto("/marketing/setup/senders")
     page.click("#senders-continue")
     page.wait_for_url("**/marketing/setup/done")
