@@ -40,6 +40,15 @@ def for_driver(sql: str, paramstyle: str) -> str:
     )
 
 
+@functools.lru_cache(maxsize=16)
+def for_libpq(sql: str) -> bytes:
+    """``sql`` written with ``?`` placeholders, numbered (``$1``, ``$2``...) for a statement
+    prepared directly through libpq."""
+    pieces = sql.split("?")
+    numbered = [f"{piece}${n}" for n, piece in enumerate(pieces[:-1], start=1)]
+    return ("".join(numbered) + pieces[-1]).encode()
+
+
 def executemany(
     session: Session, sql: str, rows: Sequence[Sequence[Any]], *, postgres_sql: str | None = None
 ) -> None:

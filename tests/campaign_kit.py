@@ -172,13 +172,15 @@ def contacts(
         for i in range(start, start + n)
     ]
     session.execute(insert(Contact), rows)
-    ids = list(
-        session.scalars(
-            select(Contact.id)
-            .where(Contact.workspace_id == workspace_id, Contact.email.in_([r["email"] for r in rows]))
-            .order_by(Contact.id)
+    ids: list[int] = []
+    emails = [r["email"] for r in rows]
+    for chunk in range(0, len(emails), 10_000):  # PostgreSQL takes at most 65,535 parameters
+        ids += session.scalars(
+            select(Contact.id).where(
+                Contact.workspace_id == workspace_id, Contact.email.in_(emails[chunk : chunk + 10_000])
+            )
         )
-    )
+    ids.sort()
     if tag_ids:
         session.execute(insert(ContactTag), [{"contact_id": c, "tag_id": t} for c in ids for t in tag_ids])
     session.commit()

@@ -353,6 +353,55 @@ def test_smtp_channel_records_each_recipient_and_resends_only_the_one_in_flight(
         sink.stop()
 
 
+def test_smtp_records_store_the_send_time_exactly_and_a_failed_record_stops_the_batch(
+    app, session, workspace
+):
+    """The per-mail record (a pipelined prepared statement on PostgreSQL, an UPDATE and commit
+    on SQLite) stores what the ORM reads back to the microsecond; a record the database refuses
+    raises its own error and leaves the recipient as it was."""
+    from plugin.campaigns.smtp_batch import _RecordConnection
+
+    sink = SmtpSink().start()
+    try:
+        account = kit.smtp_account(session, workspace.id, host="127.0.0.1", port=sink.port)
+        c = kit.tagged_campaign(
+            session,
+            workspace.id,
+            7,
+            account=account,
+            template=kit.template(session, workspace.id),
+            sender=kit.sender(session, workspace.id),
+        )
+        at = dt.datetime(2026, 12, 6, 21, 15, 30, 123456, tzinfo=dt.UTC)
+        ctx = _ctx(app, clock=lambda: at)
+        runner.start(session, c.id, ctx)
+        assert runner.run_campaign(session, c.id, ctx) == runner.DONE
+        ctx.close()
+        session.expire_all()
+        rows = session.scalars(select(CampaignRecipient).where(CampaignRecipient.campaign_id == c.id)).all()
+        assert len(rows) == 7 == len(sink.messages())
+        assert {(r.status, r.sent_at, r.attempts) for r in rows} == {("accepted", at, 1)}
+        assert all(r.provider_message_id for r in rows)
+
+        first = rows[0]
+
+        def refused_record() -> None:
+            with _RecordConnection(session) as conn:
+                conn.final(first.id, None, None, 2, None, at)  # status is NOT NULL
+                conn.confirm()
+
+        with pytest.raises(Exception, match=r"(?i)null"):
+            refused_record()
+        session.expire_all()
+        assert session.get(CampaignRecipient, first.id).status == "accepted"
+        with _RecordConnection(session) as conn:  # the pool hands out a usable connection again
+            conn.final(first.id, "unknown", "checked", 2, "<m@x>", at)
+        session.expire_all()
+        assert session.get(CampaignRecipient, first.id).reason == "checked"
+    finally:
+        sink.stop()
+
+
 def test_reservations_are_settled_to_what_was_accepted(app, session, workspace, setup, tagged_campaign, sim):
     c = tagged_campaign(130)
     ctx = _ctx(app)

@@ -545,3 +545,45 @@ def test_test_connection_timeout(certs):
         listener.close()
     assert not ok
     assert "did not answer within 0.5 s" in message
+
+
+def test_three_steps_build_the_next_mail_while_the_server_digests_and_a_failed_hook_sends_nothing(
+    start_server, certs
+):
+    """compose / begin / complete: ``begin`` leaves the final reply to ``complete`` (the runner
+    builds the next mail in between); a ``before_message`` that fails stops that mail before a
+    byte of it is written, and the next mail goes out on a fresh connection."""
+    handler = Handler(permanent={"nobody@example.org"})
+    port = start_server(handler)
+    provider = SmtpProvider(settings_for(port, certs))
+    batch = batch_for(["a@example.org", "nobody@example.org", "b@example.org", "c@example.org"])
+    shared = provider.prepare(batch)
+    a, nobody, b, c = (provider.compose(batch, r, shared) for r in batch.recipients)
+    calls: list[str] = []
+    try:
+        assert provider.begin(a, before_message=lambda: calls.append("a")) is None
+        assert provider.complete(a).status == "accepted"
+        refused = provider.begin(nobody, before_message=lambda: calls.append("nobody"))
+        assert refused is not None
+        assert refused.status == "rejected"
+        assert "550" in refused.error
+
+        def failing() -> None:
+            raise RuntimeError("the previous record failed")
+
+        with pytest.raises(RuntimeError, match="previous record"):
+            provider.begin(b, before_message=failing)
+        assert provider.begin(c) is None
+        assert provider.complete(c).status == "accepted"
+    finally:
+        provider.close()
+    assert calls == ["a"]  # the hook runs only once the server agreed to take a message
+    assert handler.delivered_to() == Counter({"a@example.org": 1, "c@example.org": 1})
+    assert len(handler.connections) == 2  # the failed hook dropped the first connection
+
+
+def test_compose_refuses_an_address_that_cannot_be_sent_to(start_server, certs):
+    provider = SmtpProvider(settings_for(free_port(), certs))
+    batch = batch_for(["a@example.org"])
+    result = provider.compose(batch, Recipient("no-at-sign", {}), provider.prepare(batch))
+    assert result.status == "rejected"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import bindparam, select, update
@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from .. import bulk_sql, quota
 from ..errors import InvalidInput, ProviderError
 from ..models import Campaign, CampaignRecipient, SendBatch
-from ..providers.base import BatchMessage, Recipient, SendResult
+from ..providers.base import BatchMessage, Provider, Recipient, SendResult
 from .runner import (
     MAX_RECIPIENT_ATTEMPTS,
     SENT,
@@ -50,12 +50,15 @@ def send_smtp_batch(
     A batch taken over after a crash had its first remaining recipient possibly in flight: that
     one is flagged ``possible_duplicate`` (it is re-sent with the same Message-ID).
 
-    Per mail: the SMTP transaction, then ONE prepared UPDATE of the recipient and a commit,
-    through a connection held for the batch (``_RecordConnection``).  The campaign's sent/failed
-    figures, the submitted/sent statistics and the quota settlement are written once at the end
-    of the batch from the batch's recorded rows (``finish_smtp_batch``), so they are exact
-    whoever recorded which mail (a worker taking over after a crash included); the progress
-    shown moves once per batch.
+    Per mail: the SMTP transaction, then ONE prepared UPDATE of the recipient, committed through
+    a connection held for the batch (``_RecordConnection``; on PostgreSQL its round trip
+    overlaps the next mail's envelope and is confirmed before that mail's message is written).
+    The next mail is built while the server digests the one just written (between the
+    provider's ``begin`` and ``complete``): only ever one mail is unrecorded at a time.
+    The campaign's sent/failed figures, the submitted/sent statistics and the quota settlement
+    are written once at the end of the batch from the batch's recorded rows
+    (``finish_smtp_batch``), so they are exact whoever recorded which mail (a worker taking over
+    after a crash included); the progress shown moves once per batch.
     """
     provider = _provider(ctx, account)
     assert batch.grant is not None
@@ -70,86 +73,152 @@ def send_smtp_batch(
             .execution_options(synchronize_session=False)
         )
         session.commit()
-    lease_renewed_at = time.monotonic()
     by_email = {r.email: r for r in message.recipients}
-    # The parts every recipient shares (From, headers) are prepared once per batch when the
-    # provider offers it; otherwise one-recipient batches through the generic interface.
-    prepare = getattr(provider, "prepare", None)
-    shared = None
-    if prepare is not None:
-        try:
-            shared = prepare(message)
-        except InvalidInput:
-            shared = None  # every recipient gets the refusal below, as through send_batch
-
-    def send(recipient: Recipient) -> SendResult:
-        if shared is not None:
-            return provider.send_prepared(message, recipient, shared)  # type: ignore[attr-defined]
-        return provider.send_batch(dataclasses.replace(message, recipients=[recipient]))[0]
-
+    mailer = _mailer(provider, message)
     session.commit()  # nothing of the session stays open while the records go through ``conn``
-    sent_any = False
     with _RecordConnection(session) as conn:
-        for recipient_id, _contact_id, email, attempts in members:
+        recorder = _Recorder(session, batch, conn, ctx)
+        in_flight: tuple[Member, Any] | None = None
+        for member in members:
+            email = member[2]
             try:
-                result = send(by_email[email])
+                mail = mailer.compose(by_email[email])
+            except InvalidInput as exc:
+                mail = SendResult(email, "rejected", error=str(exc))
+            if in_flight is not None:  # the server digested it while the next mail was built
+                recorder.record(in_flight[0], mailer.complete(in_flight[1]))
+                in_flight = None
+            if isinstance(mail, SendResult):
+                recorder.record(member, mail)
+                continue
+            try:
+                refused = mailer.begin(mail, before_message=conn.confirm)
             except ProviderError as exc:
-                if not sent_any:
+                if not recorder.recorded_any:
                     conn.close()
                     return _retry_later(session, campaign, batch, str(exc), ctx, now, throttled=False)
-                result = SendResult(email, "failed", error=f"temporary: {exc}")
+                refused = SendResult(email, "failed", error=f"temporary: {exc}")
             except InvalidInput as exc:
-                result = SendResult(email, "rejected", error=str(exc))
-            sent_any = True
-            ctx.step("smtp:after_send")
-            status = result.status
-            attempts += 1
-            if status == "failed" and attempts < MAX_RECIPIENT_ATTEMPTS:
-                conn.retry(recipient_id, (result.error or None) and str(result.error)[:255], attempts)
+                refused = SendResult(email, "rejected", error=str(exc))
+            if refused is not None:
+                recorder.record(member, refused)
             else:
-                final = status if status in ("accepted", "unknown") else "failed"
-                conn.final(
-                    recipient_id,
-                    final,
-                    (result.error or None) and str(result.error)[:255],
-                    attempts,
-                    result.provider_message_id,
-                    ctx.clock() if final != "failed" else None,
-                )
-            ctx.step("smtp:recorded")
-            if time.monotonic() - lease_renewed_at > ctx.batch_lease.total_seconds() / 3:
-                lease_renewed_at = time.monotonic()
-                session.execute(
-                    update(SendBatch)
-                    .where(SendBatch.id == batch.id)
-                    .values(lease_until=ctx.clock() + ctx.batch_lease)
-                    .execution_options(synchronize_session=False)
-                )
-                quota.renew_grant(session, batch.grant)
-                session.commit()
+                in_flight = (member, mail)
+        if in_flight is not None:
+            recorder.record(in_flight[0], mailer.complete(in_flight[1]))
     finish_smtp_batch(session, campaign.workspace_id, campaign.id, batch, batch.grant, ctx.clock())
     session.commit()
     return SENT
 
 
+def _mailer(provider: Any, message: BatchMessage) -> Any:
+    """The provider's compose/begin/complete steps for ``message`` (``SmtpProvider``), or the
+    same steps over the generic interface for another provider or an unpreparable message."""
+    prepare = getattr(provider, "prepare", None)
+    if prepare is not None and hasattr(provider, "compose"):
+        try:
+            return _Prepared(provider, message, prepare(message))
+        except InvalidInput:
+            pass  # every recipient gets the refusal through send_batch, below
+    return _OneByOne(provider, message)
+
+
+class _Prepared:
+    """``SmtpProvider``'s three steps with the batch's shared parts prepared once."""
+
+    def __init__(self, provider: Any, message: BatchMessage, shared: Any) -> None:
+        self._provider, self._message, self._shared = provider, message, shared
+        self.begin = provider.begin
+        self.complete = provider.complete
+
+    def compose(self, recipient: Recipient) -> Any:
+        return self._provider.compose(self._message, recipient, self._shared)
+
+
+class _OneByOne:
+    """The three steps over ``send_batch``: one single-recipient batch per mail, its result
+    known at ``begin``."""
+
+    def __init__(self, provider: Provider, message: BatchMessage) -> None:
+        self._provider, self._message = provider, message
+
+    def compose(self, recipient: Recipient) -> Recipient:
+        return recipient
+
+    def begin(self, recipient: Recipient, *, before_message: Callable[[], None]) -> SendResult:
+        before_message()
+        return self._provider.send_batch(dataclasses.replace(self._message, recipients=[recipient]))[0]
+
+    def complete(self, mail: Any) -> SendResult:
+        raise AssertionError("a one-by-one send has its result at begin")
+
+
+class _Recorder:
+    """Records each mail's result as it is known, and keeps the batch's lease alive."""
+
+    def __init__(self, session: Session, batch: _Batch, conn: _RecordConnection, ctx: RunContext) -> None:
+        self._session, self._batch, self._conn, self._ctx = session, batch, conn, ctx
+        self._lease_renewed_at = time.monotonic()
+        self.recorded_any = False
+
+    def record(self, member: Member, result: SendResult) -> None:
+        recipient_id, _contact_id, _email, attempts = member
+        ctx, conn = self._ctx, self._conn
+        self.recorded_any = True
+        ctx.step("smtp:after_send")
+        attempts += 1
+        reason = (result.error or None) and str(result.error)[:255]
+        if result.status == "failed" and attempts < MAX_RECIPIENT_ATTEMPTS:
+            conn.retry(recipient_id, reason, attempts)
+        else:
+            final = result.status if result.status in ("accepted", "unknown") else "failed"
+            at = ctx.clock() if final != "failed" else None
+            conn.final(recipient_id, final, reason, attempts, result.provider_message_id, at)
+        ctx.step("smtp:recorded")
+        if time.monotonic() - self._lease_renewed_at > ctx.batch_lease.total_seconds() / 3:
+            self._lease_renewed_at = time.monotonic()
+            self._session.execute(
+                update(SendBatch)
+                .where(SendBatch.id == self._batch.id)
+                .values(lease_until=ctx.clock() + ctx.batch_lease)
+                .execution_options(synchronize_session=False)
+            )
+            assert self._batch.grant is not None
+            quota.renew_grant(self._session, self._batch.grant)
+            self._session.commit()
+
+
 class _RecordConnection:
-    """The connection an SMTP batch records its mails through: one UPDATE and one commit each.
+    """The connection an SMTP batch records its mails through: one UPDATE per mail.
 
     Why not the session: an ORM commit (transaction bookkeeping, expiring the identity map,
     checking a connection in and out of the pool) cost more than the UPDATE itself, about a
-    quarter of each mail's time.  A pooled driver connection held for the batch runs the
-    prepared statement and commits in two calls (``plugin.bulk_sql`` explains the values).  On
-    PostgreSQL its commits do not wait for the WAL flush (``synchronous_commit = off`` for this
-    connection only, reset before it goes back to the pool): a killed *worker* still loses
-    nothing (the database has the commit); only a crash of the *database server* could lose the
-    last fraction of a second of records, whose mails would then be re-sent on takeover (the
-    first of them flagged as a possible duplicate).
+    quarter of each mail's time.  A pooled driver connection is held for the batch.
+
+    On SQLite (and PostgreSQL through a driver other than psycopg 3) each UPDATE runs and
+    commits before the next mail (``plugin.bulk_sql`` explains
+    the values).  On PostgreSQL the UPDATE is a prepared statement in autocommit, *sent* as soon
+    as the mail is accepted and *confirmed* (``confirm``) while the next mail's envelope is under
+    way, just before its message is written: the database's round trip overlaps the SMTP
+    server's instead of adding to it.  Nothing is weaker for that:
+
+    - a statement written to the socket is executed and committed even if the worker is killed
+      right after (the server reads what it received before noticing the closed connection; a
+      reset can only follow a reply we had not read, i.e. a statement already committed);
+    - a failed record is known before the next message goes out, which is then not sent, so
+      at most the mail in flight can be unrecorded, as with a synchronous record.
+
+    Commits do not wait for the WAL flush (``synchronous_commit = off`` for this connection
+    only, reset before it goes back to the pool): a killed *worker* loses nothing; only a crash
+    of the *database server* could lose the last fraction of a second of records, whose mails
+    would then be re-sent on takeover (the first of them flagged as a possible duplicate).
     """
 
     def __init__(self, session: Session) -> None:
         self._engine = session.get_bind()
         self._raw: Any = None
-        self._relaxed = self._engine.dialect.name == "postgresql"
+        self._pg: Any = None  # libpq connection (psycopg.pq.PGconn) on PostgreSQL
+        self._pending = False
         paramstyle = self._engine.dialect.paramstyle
         self._final_sql = bulk_sql.for_driver(_SMTP_FINAL, paramstyle)
         self._retry_sql = bulk_sql.for_driver(_SMTP_RETRY, paramstyle)
@@ -157,21 +226,13 @@ class _RecordConnection:
 
     def __enter__(self) -> _RecordConnection:
         self._raw = self._engine.raw_connection()
-        if self._relaxed:
-            # Autocommit: each UPDATE is its own transaction, one round trip instead of two.
+        driver = self._raw.driver_connection
+        if self._engine.dialect.name == "postgresql" and hasattr(driver, "pgconn"):  # psycopg 3
             self._raw.rollback()
-            self._raw.driver_connection.autocommit = True
-            self._run("SET synchronous_commit TO off", ())
+            driver.autocommit = True
+            self._pg = driver.pgconn
+            _check_all(self._pg.exec_(_PG_OPEN))
         return self
-
-    def _run(self, sql: str, params: tuple[Any, ...]) -> None:
-        cursor = self._raw.cursor()
-        try:
-            cursor.execute(sql, params)
-        finally:
-            cursor.close()
-        if not self._relaxed:
-            self._raw.commit()
 
     def final(
         self,
@@ -180,25 +241,56 @@ class _RecordConnection:
         reason: str | None,
         attempts: int,
         message_id: str | None,
-        at: Any,
+        at: dt.datetime | None,
     ) -> None:
+        if self._pg is not None:
+            sent_at = at.astimezone(dt.UTC).isoformat() if at is not None else None
+            self._send(_PG_FINAL, (status, reason, attempts, message_id, sent_at, recipient_id))
+            return
         sent_at = self._sent_at_to_db(at) if at is not None else None
         self._run(self._final_sql, (status, reason, attempts, message_id, sent_at, recipient_id))
 
     def retry(self, recipient_id: int, reason: str | None, attempts: int) -> None:
+        if self._pg is not None:
+            self._send(_PG_RETRY, (reason, attempts, recipient_id))
+            return
         self._run(self._retry_sql, (reason, attempts, recipient_id))
+
+    def confirm(self) -> None:
+        """Return once the last record sent is committed; raise its error if it failed."""
+        if not self._pending:
+            return
+        self._pending = False
+        results = []
+        while (result := self._pg.get_result()) is not None:
+            results.append(result)
+        _check_all(*results)
+
+    def _run(self, sql: str, params: tuple[Any, ...]) -> None:
+        cursor = self._raw.cursor()
+        try:
+            cursor.execute(sql, params)
+        finally:
+            cursor.close()
+        self._raw.commit()
+
+    def _send(self, name: bytes, params: tuple[Any, ...]) -> None:
+        self.confirm()  # one statement in flight at a time
+        self._pg.send_query_prepared(name, [None if v is None else str(v).encode() for v in params])
+        self._pending = True
 
     def close(self) -> None:
         raw, self._raw = self._raw, None
         if raw is None:
             return
         try:
-            raw.rollback()
-            if self._relaxed:
-                cursor = raw.cursor()
-                cursor.execute("RESET synchronous_commit")
-                cursor.close()
+            if self._pg is not None:
+                self.confirm()
+                pg, self._pg = self._pg, None
+                _check_all(pg.exec_(_PG_CLOSE))
                 raw.driver_connection.autocommit = False
+            else:
+                raw.rollback()
         except Exception:  # a broken connection must not go back to the pool with our setting
             raw.invalidate()
             raise
@@ -219,6 +311,30 @@ _SMTP_RETRY = (
     "UPDATE marketing_campaign_recipients SET status = 'pending', reason = ?, attempts = ?, batch_id = NULL "
     "WHERE id = ?"
 )
+#: The same two as server-side prepared statements for the pipelined PostgreSQL record, made
+#: and dropped in one round trip each (by name: psycopg keeps prepared statements of its own on
+#: the connection).
+_PG_FINAL = b"marketing_smtp_final"
+_PG_RETRY = b"marketing_smtp_retry"
+_PG_OPEN = b"SET synchronous_commit TO off; PREPARE %s AS %s; PREPARE %s AS %s" % (
+    _PG_FINAL,
+    bulk_sql.for_libpq(_SMTP_FINAL),
+    _PG_RETRY,
+    bulk_sql.for_libpq(_SMTP_RETRY),
+)
+_PG_CLOSE = b"DEALLOCATE %s; DEALLOCATE %s; RESET synchronous_commit" % (_PG_FINAL, _PG_RETRY)
+_COMMAND_OK = 1  # libpq's PGRES_COMMAND_OK
+
+
+def _check_all(*results: Any) -> None:
+    """Raise the database's own error for the first libpq result that is not a success."""
+    for result in results:
+        if result.status != _COMMAND_OK:
+            from psycopg.errors import error_from_result
+
+            raise error_from_result(result)
+
+
 #: Recorded outcomes of a batch; a webhook or DSN may already have moved an accepted one on.
 _ACCEPTED_LIKE = frozenset({"accepted", "delivered", "bounced", "invalid"})
 _BATCH_OUTCOMES = select(CampaignRecipient.email, CampaignRecipient.status, CampaignRecipient.sent_at).where(

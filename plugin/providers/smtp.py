@@ -520,8 +520,35 @@ class TokenBucket:
 # --------------------------------------------------------------------------- the provider
 
 
+@dataclasses.dataclass(frozen=True)
+class Outgoing:
+    """One recipient's message, addressed and built, ready for ``SmtpProvider.begin``."""
+
+    email: str
+    envelope_from: str
+    to_address: str
+    message_id: str
+    data: bytes
+
+
 class _Dropped(Exception):
     """The connection went away before the message was fully written: safe to resend."""
+
+
+class _HookFailed(Exception):
+    """The caller's ``before_message`` failed (its error inside): kept apart from the socket
+    errors of ``_DROPS`` so a database error is never mistaken for a dropped SMTP connection."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _run_hook(hook: Callable[[], None]) -> None:
+    try:
+        hook()
+    except Exception as exc:
+        raise _HookFailed(exc) from exc
 
 
 class SmtpProvider:
@@ -605,17 +632,23 @@ class SmtpProvider:
 
     def prepare(self, batch: BatchMessage) -> _Prepared:
         """The parts of ``batch``'s message shared by all its recipients (checked addresses and
-        headers), for a caller that sends the recipients one by one with ``send_prepared``.
-        Raises ``InvalidInput`` as ``send_batch`` would."""
+        headers), for a caller that sends the recipients one by one (``send_prepared``, or
+        ``compose``/``begin``/``complete``).  Raises ``InvalidInput`` as ``send_batch`` would."""
         return _prepare(batch, self.settings)
 
     def send_prepared(self, batch: BatchMessage, recipient: Recipient, prepared: _Prepared) -> SendResult:
-        """``send_batch`` for one recipient of a prepared batch (the runner records each mail in
-        its own transaction; preparing once spares re-checking the shared headers per mail).
-        Raises ``ProviderError`` when no connection can be opened, so nothing was sent."""
+        """``send_batch`` for one recipient of a prepared batch.  Raises ``ProviderError`` when
+        no connection can be opened, so nothing was sent."""
         return self._send_recipient(batch, recipient, prepared)
 
-    def _send_recipient(self, batch: BatchMessage, recipient: Recipient, prepared: _Prepared) -> SendResult:
+    # -- one mail in three steps, for a caller that overlaps its own work with the server's
+
+    def compose(
+        self, batch: BatchMessage, recipient: Recipient, prepared: _Prepared
+    ) -> Outgoing | SendResult:
+        """``recipient``'s message, built (and DKIM-signed) for ``begin``; or its refusal when
+        the address cannot be sent to.  Pure computation: a caller does it for the next mail
+        while the server digests the previous one (between ``begin`` and ``complete``)."""
         try:
             to_address = _ascii_address(recipient.email, "recipients")
         except InvalidInput as exc:
@@ -624,38 +657,83 @@ class SmtpProvider:
         data = build_message(batch, recipient, prepared, to_address=to_address, message_id=message_id)
         if self.settings.dkim_enabled:
             data = dkim_sign(data, self.settings)
+        return Outgoing(recipient.email, prepared.envelope_from, to_address, message_id, data)
+
+    def begin(self, mail: Outgoing, *, before_message: Callable[[], None] | None = None) -> SendResult | None:
+        """Write ``mail`` to the server: ``None`` once the whole message is written (its outcome
+        is then ``complete``'s), or its result when the server refused it before that.
+
+        A connection lost before the message was written is reopened once and the mail tried
+        again (the server kept nothing).  ``before_message`` runs once the server has agreed to
+        take the message (354) and before a byte of it is written: the runner confirms there
+        that the previous mail's record is committed.  If it raises, the connection is dropped
+        (the server discards a message it never received) and its exception propagates: this
+        mail was not sent.  Raises ``ProviderError`` when no connection can be opened."""
         for attempt in (1, 2):
             smtp = self._connection()
             self._bucket.wait()
             try:
-                status, error = self._transmit(smtp, prepared.envelope_from, to_address, data)
+                refusal = self._write(smtp, mail, before_message)
             except _Dropped as exc:
                 self._drop()
                 if attempt == 2:
-                    return SendResult(recipient.email, "failed", message_id, f"temporary: {exc}")
+                    return SendResult(mail.email, "failed", mail.message_id, f"temporary: {exc}")
                 continue
-            return SendResult(recipient.email, status, message_id, error)
+            if refusal is not None:
+                return SendResult(mail.email, refusal[0], mail.message_id, refusal[1])
+            return None
         raise AssertionError("unreachable")
 
-    def _transmit(self, smtp: smtplib.SMTP, sender: str, to: str, data: bytes) -> tuple[str, str | None]:
-        """One SMTP transaction, done step by step so we know whether the final "." went out.
+    def complete(self, mail: Outgoing) -> SendResult:
+        """The server's verdict on the message ``begin`` wrote.  A connection lost while
+        waiting for it is ``unknown``: the message may have been delivered, so it is not resent."""
+        smtp = self._smtp
+        if smtp is None:
+            return SendResult(mail.email, "unknown", mail.message_id, _lost_after_message())
+        try:
+            code, reply = smtp.getreply()
+        except _DROPS:
+            self._drop()
+            return SendResult(mail.email, "unknown", mail.message_id, _lost_after_message())
+        if code == 421:
+            self._drop()
+        if 200 <= code < 300:
+            return SendResult(mail.email, "accepted", mail.message_id)
+        status, error = _refusal(code, f"{code} {_reply_text(reply)}")
+        return SendResult(mail.email, status, mail.message_id, error)
 
-        A drop or 421 before the whole message is written raises ``_Dropped`` (resend is safe);
-        a drop while waiting for the final reply is ``unknown`` (resending could duplicate).
+    def _send_recipient(self, batch: BatchMessage, recipient: Recipient, prepared: _Prepared) -> SendResult:
+        mail = self.compose(batch, recipient, prepared)
+        if isinstance(mail, SendResult):
+            return mail
+        return self.begin(mail) or self.complete(mail)
+
+    def _write(
+        self, smtp: smtplib.SMTP, mail: Outgoing, before_message: Callable[[], None] | None
+    ) -> tuple[str, str] | None:
+        """One SMTP transaction up to the written message, step by step so we know whether the
+        final "." went out: ``None`` when it did, else the refusal (status, error).
+
+        A drop or 421 before the whole message is written raises ``_Dropped`` (resend is safe).
         """
         stage = "MAIL FROM"
         try:
-            code, reply = smtp.mail(sender)
+            code, reply = smtp.mail(mail.envelope_from)
             if code == 250:
                 stage = "RCPT TO"
-                code, reply = smtp.rcpt(to)
+                code, reply = smtp.rcpt(mail.to_address)
             if code in (250, 251):
                 stage = "DATA"
                 smtp.putcmd("data")
                 code, reply = smtp.getreply()
             if code == 354:
+                if before_message is not None:
+                    _run_hook(before_message)
                 stage = "message"
-                smtp.send(_dot_stuff(data))
+                smtp.send(_dot_stuff(mail.data))
+        except _HookFailed as failed:
+            self._drop()  # the server never saw the message; it discards the open transaction
+            raise failed.error from None
         except _DROPS as exc:
             raise _Dropped(_("connection lost at %(stage)s: %(error)s", stage=stage, error=exc)) from None
         if code == 421:
@@ -663,17 +741,7 @@ class SmtpProvider:
         if stage != "message":
             self._reset(smtp)
             return _refusal(code, f"{stage} {code} {_reply_text(reply)}")
-        try:
-            code, reply = smtp.getreply()
-        except _DROPS:
-            return "unknown", _(
-                "the connection dropped after the message was sent; it may have been delivered"
-            )
-        if code == 421:
-            self._drop()
-        if 200 <= code < 300:
-            return "accepted", None
-        return _refusal(code, f"{code} {_reply_text(reply)}")
+        return None
 
     def _reset(self, smtp: smtplib.SMTP) -> None:
         """RSET after a refused step so the next recipient starts clean; a failed RSET reconnects."""
@@ -687,6 +755,10 @@ class SmtpProvider:
 
     def account_info(self) -> AccountInfo | None:
         return None
+
+
+def _lost_after_message() -> str:
+    return _("the connection dropped after the message was sent; it may have been delivered")
 
 
 def _refusal(code: int, detail: str) -> tuple[str, str]:
