@@ -13,7 +13,7 @@ import dataclasses
 import datetime as dt
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
@@ -22,6 +22,7 @@ from .. import bulk_sql, quota
 from ..errors import InvalidInput, ProviderError
 from ..models import Campaign, CampaignRecipient, SendBatch
 from ..providers.base import BatchMessage, Provider, Recipient, SendResult
+from ..providers.smtp import Outgoing, SmtpProvider
 from .runner import (
     MAX_RECIPIENT_ATTEMPTS,
     SENT,
@@ -111,28 +112,43 @@ def send_smtp_batch(
     return SENT
 
 
-def _mailer(provider: Any, message: BatchMessage) -> Any:
-    """The provider's compose/begin/complete steps for ``message`` (``SmtpProvider``), or the
-    same steps over the generic interface for another provider or an unpreparable message."""
-    prepare = getattr(provider, "prepare", None)
-    if prepare is not None and hasattr(provider, "compose"):
+class _Mailer(Protocol):
+    """One mail in three steps: ``compose`` (pure computation, or the refusal), ``begin`` (the
+    message written, ``None``; or the result when it was refused or sent at once), ``complete``
+    (the server's final verdict on a mail ``begin`` left open)."""
+
+    def compose(self, recipient: Recipient) -> Any: ...
+
+    def begin(self, mail: Any, *, before_message: Callable[[], None]) -> SendResult | None: ...
+
+    def complete(self, mail: Any) -> SendResult: ...
+
+
+def _mailer(provider: Provider, message: BatchMessage) -> _Mailer:
+    """The provider's own three steps for ``message`` (``SmtpProvider``), or the same steps
+    over the generic interface for another provider or a message it cannot prepare."""
+    if isinstance(provider, SmtpProvider):
         try:
-            return _Prepared(provider, message, prepare(message))
+            return _PreparedSmtp(provider, message, provider.prepare(message))
         except InvalidInput:
             pass  # every recipient gets the refusal through send_batch, below
     return _OneByOne(provider, message)
 
 
-class _Prepared:
+class _PreparedSmtp:
     """``SmtpProvider``'s three steps with the batch's shared parts prepared once."""
 
-    def __init__(self, provider: Any, message: BatchMessage, shared: Any) -> None:
+    def __init__(self, provider: SmtpProvider, message: BatchMessage, shared: Any) -> None:
         self._provider, self._message, self._shared = provider, message, shared
-        self.begin = provider.begin
-        self.complete = provider.complete
 
-    def compose(self, recipient: Recipient) -> Any:
+    def compose(self, recipient: Recipient) -> Outgoing | SendResult:
         return self._provider.compose(self._message, recipient, self._shared)
+
+    def begin(self, mail: Outgoing, *, before_message: Callable[[], None]) -> SendResult | None:
+        return self._provider.begin(mail, before_message=before_message)
+
+    def complete(self, mail: Outgoing) -> SendResult:
+        return self._provider.complete(mail)
 
 
 class _OneByOne:
