@@ -4,6 +4,7 @@ within quota, through provider faults, quota pauses and resumption, SMTP per-rec
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections import Counter
 from decimal import Decimal
 
@@ -400,6 +401,101 @@ def test_smtp_records_store_the_send_time_exactly_and_a_failed_record_stops_the_
         assert session.get(CampaignRecipient, first.id).reason == "checked"
     finally:
         sink.stop()
+
+
+def test_recipients_a_temporary_failure_sent_back_to_the_queue_are_sent_once_after_the_rest(
+    app, session, workspace
+):
+    """The claim starts above this worker's last claim (PostgreSQL's dead index entries stay
+    behind it); rows a 451 sent back to the queue lie below, and are claimed once the forward
+    scan comes up short: every recipient exactly once, the greylisted ones in the last batch."""
+    import threading
+
+    from aiosmtpd.controller import Controller
+
+    from tests.conftest import free_port
+
+    greylisted = {"user5@example.net", "user150@example.net"}
+
+    class Greylist:
+        def __init__(self) -> None:
+            self.refused: set[str] = set()
+            self.delivered: list[str] = []
+            self.lock = threading.Lock()
+
+        async def handle_RCPT(self, server, session_, envelope, address, rcpt_options):
+            with self.lock:
+                if address in greylisted and address not in self.refused:
+                    self.refused.add(address)
+                    return "451 4.7.1 Greylisted, try again later"
+            envelope.rcpt_tos.append(address)
+            return "250 OK"
+
+        async def handle_DATA(self, server, session_, envelope):
+            with self.lock:
+                self.delivered.extend(envelope.rcpt_tos)
+            return "250 Message accepted"
+
+    handler = Greylist()
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        account = kit.smtp_account(session, workspace.id, host="127.0.0.1", port=port)
+        c = kit.tagged_campaign(
+            session,
+            workspace.id,
+            250,
+            account=account,
+            template=kit.template(session, workspace.id),
+            sender=kit.sender(session, workspace.id),
+        )
+        ctx = _ctx(app)
+        runner.start(session, c.id, ctx)
+        assert runner.run_campaign(session, c.id, ctx) == runner.DONE
+        ctx.close()
+    finally:
+        controller.stop()
+    assert handler.refused == greylisted
+    assert sorted(Counter(handler.delivered).values()) == [1] * 250
+    # retried in the last batch, once the forward scan came up short
+    # ... after the 198 others of the first two batches
+    assert all(handler.delivered.index(address) >= 198 for address in greylisted)
+    session.expire_all()
+    assert session.get(Campaign, c.id).sent == 250
+    attempts = dict(
+        session.execute(
+            select(CampaignRecipient.email, CampaignRecipient.attempts).where(
+                CampaignRecipient.email.in_(sorted(greylisted))
+            )
+        ).all()
+    )
+    assert attempts == dict.fromkeys(greylisted, 2)
+
+
+@pytest.mark.skipif(
+    os.environ.get("MARKETING_TEST_DATABASE", "sqlite") != "postgres",
+    reason="planner statistics are PostgreSQL's; SQLite plans these statements by index anyway",
+)
+def test_a_freeze_that_grows_the_recipients_table_refreshes_its_planner_statistics(app, session, workspace):
+    from sqlalchemy import text
+
+    def known_rows() -> float:
+        return session.scalar(
+            text("SELECT reltuples FROM pg_class WHERE oid = to_regclass('marketing_campaign_recipients')")
+        )
+
+    assert known_rows() < 300  # never analyzed (-1) or from an earlier, smaller state
+    c = kit.tagged_campaign(
+        session,
+        workspace.id,
+        300,
+        account=kit.smtp_account(session, workspace.id, host="127.0.0.1", port=25),  # never called
+        template=kit.template(session, workspace.id),
+        sender=kit.sender(session, workspace.id),
+    )
+    runner.start(session, c.id, _ctx(app))
+    assert known_rows() >= 300  # ANALYZEd right after the freeze
 
 
 def test_reservations_are_settled_to_what_was_accepted(app, session, workspace, setup, tagged_campaign, sim):
