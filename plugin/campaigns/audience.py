@@ -46,6 +46,7 @@ so its ``invalid`` counts syntax only.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -72,6 +73,7 @@ from sqlalchemy import (
     union,
     update,
 )
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from .. import mx_check
@@ -88,6 +90,8 @@ _P = 2_147_483_647
 _A1 = 1_103_515_245
 _A2 = 48_271
 _CHUNK = 500
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -566,11 +570,18 @@ def refresh_statistics(session: Session, added: int) -> None:
     if added <= 0 or session.get_bind().dialect.name != "postgresql":
         return
     table = CampaignRecipient.__tablename__
-    known = session.scalar(text("SELECT reltuples FROM pg_class WHERE oid = to_regclass(:t)"), {"t": table})
-    if known is not None and known >= added:
-        return
-    session.execute(text(f"ANALYZE {table}"))
-    session.commit()
+    try:
+        known = session.scalar(
+            text("SELECT reltuples FROM pg_class WHERE oid = to_regclass(:t)"), {"t": table}
+        )
+        if known is not None and known >= added:
+            session.rollback()
+            return
+        session.execute(text(f"ANALYZE {table}"))
+        session.commit()
+    except SQLAlchemyError as exc:  # an optimization: the campaign is already running
+        session.rollback()
+        logger.warning("could not refresh the recipients table's statistics: %s", exc)
 
 
 def _insert_and_count(
