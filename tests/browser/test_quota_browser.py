@@ -8,6 +8,7 @@ import datetime as dt
 from decimal import Decimal
 
 import pytest
+from playwright.sync_api import expect
 
 from plugin.demo.models import db
 from plugin.models import AccountSnapshot, utcnow
@@ -68,4 +69,4 @@ def test_refresh_chart_forecast_and_caps(page, users, workspace, simulator):
     page.once("dialog", lambda dialog: dialog.accept())
     page.click('[data-cap="team:east"] button.danger')
     page.wait_for_selector('[data-cap="team:east"]', state="detached")
-    assert page.locator(".flash, .flashes, [role=status]").count() >= 1  # the removal is confirmed
+    expect(page.locator(".flash, .flashes, [role=status]").first).to_be_visible()  # removal confirmed
