@@ -21,7 +21,8 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import Column
+from sqlalchemy import Column, ColumnElement, any_, bindparam
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from .errors import ConfigurationError
@@ -38,6 +39,20 @@ def for_driver(sql: str, paramstyle: str) -> str:
         f"the plugin's bulk statements run on sqlite3 and psycopg; this driver's parameter style "
         f"({paramstyle}) is not one of theirs"
     )
+
+
+def one_of(
+    column: ColumnElement[Any], name: str, element_type: Any, *, postgres: bool, values: Any = None
+) -> ColumnElement[bool]:
+    """``column IN (:name)``; on PostgreSQL ``column = ANY(:name)`` with the values as ONE array.
+
+    Why: a hundred-item ``IN`` list makes a statement too long for psycopg's statement cache, so
+    it was parsed in Python and planned by the server on every batch; ``= ANY(array)`` is one
+    short statement, cached and prepared like the others.  ``values`` may be left for execution.
+    """
+    if postgres:
+        return column == any_(bindparam(name, values, type_=ARRAY(element_type)))
+    return column.in_(bindparam(name, values, expanding=True))
 
 
 @functools.lru_cache(maxsize=16)

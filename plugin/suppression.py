@@ -15,12 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import String, any_, bindparam, delete, select
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import String, delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from . import bulk_sql
 from .errors import InvalidInput
 from .i18n import _
 from .models import Suppression
@@ -103,13 +103,7 @@ def suppressed_among(session: Session, workspace_id: int, emails: Iterable[str])
     postgres = session.get_bind().dialect.name == "postgresql"
     for start in range(0, len(keys), _CHUNK):
         part = keys[start : start + _CHUNK]
-        # PostgreSQL: one array parameter, so the statement stays short enough for the driver
-        # to cache and prepare (an IN list of a hundred was parsed and planned every batch).
-        among = (
-            Suppression.email == any_(bindparam("emails", part, type_=ARRAY(String)))
-            if postgres
-            else Suppression.email.in_(part)
-        )
+        among = bulk_sql.one_of(Suppression.email, "emails", String, postgres=postgres, values=part)
         hits = session.scalars(
             select(Suppression.email).where(Suppression.workspace_id == workspace_id, among)
         )

@@ -35,8 +35,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import BigInteger, Select, any_, bindparam, func, select, update
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import BigInteger, Select, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from .. import bulk_sql, quota
@@ -695,15 +694,12 @@ _FIRST_PENDING = (
 _INSERT_BATCH = SendBatch.__table__.insert().returning(SendBatch.__table__.c.id)
 _MARK_SENDING = (
     CampaignRecipient.__table__.update()
-    .where(CampaignRecipient.__table__.c.id.in_(bindparam("rids", expanding=True)))
+    .where(bulk_sql.one_of(CampaignRecipient.__table__.c.id, "rids", BigInteger, postgres=False))
     .values(status="sending", batch_id=bindparam("bid"))
 )
-#: PostgreSQL: the ids as ONE array parameter.  A hundred-item ``IN`` list makes a statement too
-#: long for psycopg's query cache, so it was parsed in Python and planned by the server on every
-#: batch; ``= ANY(array)`` is one short statement, cached and prepared like the others.
-_MARK_SENDING_PG = (
+_MARK_SENDING_PG = (  # the ids as one array parameter (see ``bulk_sql.one_of``)
     CampaignRecipient.__table__.update()
-    .where(CampaignRecipient.__table__.c.id == any_(bindparam("rids", type_=ARRAY(BigInteger))))
+    .where(bulk_sql.one_of(CampaignRecipient.__table__.c.id, "rids", BigInteger, postgres=True))
     .values(status="sending", batch_id=bindparam("bid"))
 )
 
@@ -1043,14 +1039,12 @@ def _build_message(
 
 
 def _literal_ids(ids: Sequence[int], postgres: bool):
-    """The batch's contact ids as a SELECT for the directory (one array parameter on
-    PostgreSQL, see ``_MARK_SENDING_PG``)."""
+    """The batch's contact ids as a SELECT for the directory (see ``bulk_sql.one_of``)."""
     from ..models import Contact
 
-    if postgres:
-        as_array = bindparam("ids", list(ids), type_=ARRAY(BigInteger))
-        return select(Contact.id).where(Contact.id == any_(as_array))
-    return select(Contact.id).where(Contact.id.in_(list(ids)))
+    return select(Contact.id).where(
+        bulk_sql.one_of(Contact.id, "ids", BigInteger, postgres=postgres, values=list(ids))
+    )
 
 
 def _send(

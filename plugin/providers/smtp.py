@@ -632,14 +632,9 @@ class SmtpProvider:
 
     def prepare(self, batch: BatchMessage) -> _Prepared:
         """The parts of ``batch``'s message shared by all its recipients (checked addresses and
-        headers), for a caller that sends the recipients one by one (``send_prepared``, or
-        ``compose``/``begin``/``complete``).  Raises ``InvalidInput`` as ``send_batch`` would."""
+        headers), for a caller that sends the recipients one by one with ``compose``, ``begin``
+        and ``complete``.  Raises ``InvalidInput`` as ``send_batch`` would."""
         return _prepare(batch, self.settings)
-
-    def send_prepared(self, batch: BatchMessage, recipient: Recipient, prepared: _Prepared) -> SendResult:
-        """``send_batch`` for one recipient of a prepared batch.  Raises ``ProviderError`` when
-        no connection can be opened, so nothing was sent."""
-        return self._send_recipient(batch, recipient, prepared)
 
     # -- one mail in three steps, for a caller that overlaps its own work with the server's
 
