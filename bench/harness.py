@@ -460,6 +460,47 @@ def current_rss_mb() -> float:
     return float("nan")
 
 
+def _machine_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs since boot, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def _postgres_jiffies() -> int:
+    """User + system jiffies of every process named ``postgres`` (server and backends)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name, rest = text.split("(", 1)[1].rsplit(")", 1)
+        if name == "postgres":
+            fields = rest.split()
+            total += int(fields[11]) + int(fields[12])
+    return total
+
+
+class MachineCpu:
+    """How busy the whole machine was inside the block, and how much of it was PostgreSQL.
+
+    Why: on two cores the engine, the simulator and the database share the CPUs; a run whose
+    machine is near 100 % busy is bound by CPU (less work per batch helps), one with idle CPU
+    by waiting (locks, round trips).  Backends that exit inside the block are not counted."""
+
+    def __enter__(self) -> MachineCpu:
+        self._busy, self._total = _machine_jiffies()
+        self._pg = _postgres_jiffies()
+        self.busy_share = self.postgres_seconds = float("nan")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        busy, total = _machine_jiffies()
+        self.busy_share = (busy - self._busy) / max(1, total - self._total)
+        self.postgres_seconds = (_postgres_jiffies() - self._pg) / os.sysconf("SC_CLK_TCK")
+
+
 class Stopwatch:
     def __enter__(self) -> Stopwatch:
         self.start = time.perf_counter()

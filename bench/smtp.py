@@ -208,6 +208,7 @@ def main() -> int:
                 campaign = harness.campaign(
                     session, ws.id, account=account, sender=sender, template=template, tag_id=tag_id
                 )
+                campaign_id = campaign.id  # the ORM row expires at the runner's commits
                 peer_content, wire = prepared_mails(
                     app, ws.id, sender, template, _contacts(session, ws.id, n)
                 )
@@ -217,7 +218,7 @@ def main() -> int:
                 print(f"   floor run 1: {floor_1:,.0f} mails/s")
 
                 ctx = runner.context_from_app(app)
-                runner.start(session, campaign.id, ctx)
+                runner.start(session, campaign_id, ctx)
                 ctx.close()
                 session.remove()
                 before = sink.count()
@@ -227,13 +228,13 @@ def main() -> int:
                         import cProfile
 
                         profiler = cProfile.Profile()
-                        outcome = profiler.runcall(runner.run_campaign, db.session, campaign.id, ctx)
+                        outcome = profiler.runcall(runner.run_campaign, db.session, campaign_id, ctx)
                         profiler.dump_stats(args.profile_engine)
                     else:
-                        outcome = runner.run_campaign(db.session, campaign.id, ctx)
+                        outcome = runner.run_campaign(db.session, campaign_id, ctx)
                     ctx.close()
                 delivered = sink.count() - before
-                done = db.session.get(Campaign, campaign.id)
+                done = db.session.get(Campaign, campaign_id)
                 status, sent = done.status, done.sent
                 db.session.remove()
             rate = delivered / engine.seconds

@@ -71,9 +71,11 @@ def executemany(
 
     ``postgres_sql``, when given, replaces the row-by-row statement on PostgreSQL with ONE
     set-based statement taking the rows as a single JSON array of arrays (its one ``?``; read
-    with ``json_array_elements`` and ``e->>i``): a hundred executions cost the server a hundred
+    with ``jsonb_array_elements`` and ``e->>i``): a hundred executions cost the server a hundred
     plans and index walks, and column arrays cost the driver a Python-level dump per element;
-    one JSON text (encoded in C) costs neither.  SQLite, in process, gains nothing from it.
+    one JSON text (encoded in C) costs neither.  ``jsonb``, not ``json``: ``e->>i`` on ``json``
+    parses the element's text again for every field (0.57 ms for 100 recipient rows of seven
+    fields, against 0.13 ms).  SQLite, in process, gains nothing from it.
     """
     if not rows:
         return

@@ -116,23 +116,23 @@ def add_rows(session: Session, rows: Iterable[dict]) -> None:
     Rows are sorted so that two transactions bumping the same cells take their row locks in the
     same order (PostgreSQL would otherwise be able to deadlock two concurrent workers).
     """
-    merged: dict[tuple, dict] = {}
+    merged: dict[tuple, list] = {}  # cell -> [workspace_id, count]
     for row in rows:
         key = (row["campaign_id"], row["metric"], row["dimension"], row["key"], row["bucket"])
-        if key in merged:
-            merged[key]["count"] += row["count"]
+        cell = merged.get(key)
+        if cell is None:
+            merged[key] = [row["workspace_id"], row["count"]]
         else:
-            merged[key] = dict(row)
+            cell[1] += row["count"]
     if not merged:
         return
-    ordered = sorted(merged, key=lambda k: (k[0], k[1], k[2], k[3], k[4].isoformat()))
+    ordered = sorted(merged)  # buckets are aware UTC hours (``hour_bucket``): they order as times
     to_db = bulk_sql.to_db(session, _TABLE.c.bucket)
-    buckets = {at: to_db(at) for at in {k[4] for k in ordered}}
-    values = []
-    for k in ordered:
-        row = merged[k]
-        cell = (row["workspace_id"], row["campaign_id"], row["metric"], row["dimension"], row["key"])
-        values.append((*cell, buckets[k[4]], row["count"]))
+    buckets = {}
+    for at in {k[4] for k in ordered}:
+        value = to_db(at)  # PostgreSQL's JSON rows take the text: convert once, not once per cell
+        buckets[at] = value.isoformat() if isinstance(value, dt.datetime) else value
+    values = [(merged[k][0], *k[:4], buckets[k[4]], merged[k][1]) for k in ordered]
     bulk_sql.executemany(session, _UPSERT, values, postgres_sql=_UPSERT_PG)
 
 
@@ -151,7 +151,7 @@ _UPSERT = (
 _UPSERT_PG = (
     f"INSERT INTO marketing_stat_counters {_COLUMNS} "  # noqa: S608 (constant fragments, no input)
     "SELECT (e->>0)::integer, (e->>1)::integer, e->>2, e->>3, e->>4, (e->>5)::timestamptz, "
-    f"(e->>6)::integer FROM json_array_elements(?::json) AS e {_ADD_ON_CONFLICT}"
+    f"(e->>6)::integer FROM jsonb_array_elements(?::jsonb) AS e {_ADD_ON_CONFLICT}"
 )
 
 

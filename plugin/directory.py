@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import json
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Select, delete, func, insert, select
+from sqlalchemy import BigInteger, Select, bindparam, delete, func, insert, literal_column, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
+from . import bulk_sql
 from .errors import NotFound
 from .filters import FieldColumns, compile_rules
 from .models import Contact, ContactTag, SavedView, Tag, Workspace
@@ -85,6 +88,22 @@ class ContactDirectory(abc.ABC):
     ) -> int:
         """Untag contacts; returns how many taggings were removed."""
 
+    def contacts_by_id(self, session: Session, workspace_id: int, ids: Sequence[int]) -> list[ContactRecord]:
+        """The records of the contacts ``ids`` that exist (the runner's hundred per batch), any order.
+
+        Served by :meth:`contacts` over a SELECT of the ids themselves (no table of the
+        plugin's: a host's contacts live in its own tables); ``SqlDirectory`` answers in one
+        prepared statement."""
+        wanted = list(dict.fromkeys(int(i) for i in ids))
+        if not wanted:
+            return []
+        found: list[ContactRecord] = []
+        for chunk in self.contacts(session, workspace_id, id_list(session, wanted), chunk=len(wanted)):
+            found += chunk
+            if len(found) >= len(wanted):
+                break  # all found: spare the final empty query
+        return found
+
     def owner_of(self, session: Session, workspace_id: int, contact_id: int) -> str | None:
         """The host user who owns a contact (notified of replies); ``None`` if nobody."""
         return None
@@ -92,6 +111,16 @@ class ContactDirectory(abc.ABC):
     def count(self, session: Session, workspace_id: int, segment: Segment) -> int:
         ids = self.members(session, workspace_id, segment).subquery()
         return session.scalar(select(func.count()).select_from(ids)) or 0
+
+
+def id_list(session: Session, ids: Sequence[int]) -> Select[Any]:
+    """``SELECT id`` of the literal ``ids`` as ONE parameter (a PostgreSQL array, a JSON text for
+    SQLite's ``json_each``): one short statement however many ids, cached like the others."""
+    if session.get_bind().dialect.name == "postgresql":
+        return select(func.unnest(bindparam("id_list", list(ids), type_=ARRAY(BigInteger))).label("id"))
+    return select(literal_column("value").label("id")).select_from(
+        func.json_each(bindparam("id_list", json.dumps(list(ids))))
+    )
 
 
 def contact_columns() -> FieldColumns:
@@ -214,6 +243,25 @@ class SqlDirectory(ContactDirectory):
                 for r in rows
             ]
 
+    def contacts_by_id(self, session: Session, workspace_id: int, ids: Sequence[int]) -> list[ContactRecord]:
+        wanted = list(dict.fromkeys(int(i) for i in ids))
+        if not wanted:
+            return []
+        postgres = session.get_bind().dialect.name == "postgresql"
+        rows = session.execute(_BY_ID_PG if postgres else _BY_ID, {"ws": workspace_id, "ids": wanted})
+        return [
+            ContactRecord(
+                id=r[0],
+                email=r[1],
+                name=r[2],
+                company=r[3],
+                country=r[4],
+                owner_id=r[5],
+                custom=dict(r[6] or {}),
+            )
+            for r in rows
+        ]
+
     def _tag_ids(self, session: Session, workspace_id: int, names: Sequence[str], create: bool) -> list[int]:
         # Same spelling rule as creating a tag by hand: runs of whitespace become one space.
         clean = sorted({" ".join(n.split()) for n in names if n and n.strip()})
@@ -282,3 +330,23 @@ class SqlDirectory(ContactDirectory):
         return session.scalar(
             select(Contact.owner_id).where(Contact.id == contact_id, Contact.workspace_id == workspace_id)
         )
+
+
+_RECORD_COLUMNS = (
+    Contact.__table__.c.id,
+    Contact.__table__.c.email,
+    Contact.__table__.c.name,
+    Contact.__table__.c.company,
+    Contact.__table__.c.country,
+    Contact.__table__.c.owner_id,
+    Contact.__table__.c.custom,
+)
+#: ``SqlDirectory.contacts_by_id``: built once (building and keying a statement per batch cost
+#: more than running it); the ids as one array on PostgreSQL (see ``bulk_sql.one_of``).
+_BY_ID, _BY_ID_PG = (
+    select(*_RECORD_COLUMNS).where(
+        Contact.__table__.c.workspace_id == bindparam("ws"),
+        bulk_sql.one_of(Contact.__table__.c.id, "ids", BigInteger, postgres=postgres),
+    )
+    for postgres in (False, True)
+)

@@ -167,7 +167,7 @@ class ThreadExecutor:
 
     A SendCloud campaign without a rate limit gets ``MARKETING_CAMPAIGN_THREADS`` threads (the
     runner's claims let several workers share a campaign, on SQLite as on PostgreSQL): while one
-    waits for the provider's answer, the other claims, builds and records the next batch.
+    waits for the provider's answer, the others claim, build and record the next batches.
     """
 
     def __init__(self, app: Flask, *, max_workers: int = 4) -> None:

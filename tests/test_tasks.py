@@ -161,10 +161,10 @@ def test_send_command_reports_an_unknown_campaign(app, session):
     assert "no campaign 999999" in result.output
 
 
-def test_unrated_sendcloud_campaign_shares_out_to_two_threads_rated_one_keeps_one(
+def test_unrated_sendcloud_campaign_shares_out_to_three_threads_rated_one_keeps_one(
     app, session, world, sim, caplog
 ):
-    """Two threads of this process share an unlimited SendCloud campaign (each batch once);
+    """Three threads of this process share an unlimited SendCloud campaign (each batch once);
     a campaign with a rate keeps one thread, which paces it."""
     import logging
 
@@ -172,8 +172,8 @@ def test_unrated_sendcloud_campaign_shares_out_to_two_threads_rated_one_keeps_on
     rated = add_campaign(session, world, send_at=utcnow(), name="Rated", send_rate=500)
     executor = ThreadExecutor(app)
     try:
-        assert executor.threads_per_campaign == 2  # MARKETING_CAMPAIGN_THREADS default
-        assert executor._threads_for(unlimited.id) == 2
+        assert executor.threads_per_campaign == 3  # MARKETING_CAMPAIGN_THREADS default
+        assert executor._threads_for(unlimited.id) == 3
         assert executor._threads_for(rated.id) == 1
         with caplog.at_level(logging.INFO, logger="plugin.tasks"):
             assert executor.submit(unlimited.id)
@@ -183,7 +183,7 @@ def test_unrated_sendcloud_campaign_shares_out_to_two_threads_rated_one_keeps_on
     finally:
         executor.shutdown()
     runs = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"campaign {unlimited.id}:")]
-    assert len(runs) == 2, runs
+    assert len(runs) == 3, runs
     batches = sum(int(m.split(" sent ")[1].split(" ")[0]) for m in runs)
     assert batches == 6  # 60 recipients in batches of 10, each sent by exactly one thread
     assert _status(session, unlimited.id).status == lifecycle.COMPLETED

@@ -61,7 +61,7 @@ def send_smtp_batch(
     (``finish_smtp_batch``), so they are exact whoever recorded which mail (a worker taking over
     after a crash included); the progress shown moves once per batch.
     """
-    provider = _provider(ctx, account)
+    provider = _provider(session, ctx, account)
     assert batch.grant is not None
     table = CampaignRecipient.__table__
     if batch.status == "sending" and _was_interrupted(session, batch.id):

@@ -253,18 +253,37 @@ def account_info_from_userinfo(info: Mapping[str, Any]) -> AccountInfo:
 
 # Form encoding (application/x-www-form-urlencoded, as ``urllib.parse.urlencode`` writes it).
 # Why not let ``requests`` do it: its ``urlencode`` quotes byte by byte in Python, about 1 ms per
-# 100-recipient batch, more than the rest of the HTTP client.  ``str.translate`` over the UTF-8
-# bytes (read as Latin-1) does the same mapping in C, and the HTML and text parts, identical in
-# every batch of a campaign, are quoted once and reused.
+# 100-recipient batch, more than the rest of the HTTP client.  Here each character that needs
+# quoting and occurs in the value is replaced everywhere at once (``str.replace`` runs in C;
+# ``%`` first so later escapes are not escaped again, space last so the ``+`` it becomes is not);
+# bytes of non-ASCII characters (UTF-8, read as Latin-1) are quoted by one regular expression.
+# A 100-recipient ``xsmtpapi`` value: 0.17 ms, against 0.7 ms for a ``str.translate`` table.
+# The HTML and text parts, identical in every batch of a campaign, are quoted once and reused.
 _FORM_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~")
 _FORM_TABLE = {i: "+" if i == 32 else chr(i) if i in _FORM_SAFE else f"%{i:02X}" for i in range(256)}
+_FORM_ASCII = tuple(
+    (chr(i), _FORM_TABLE[i])
+    for i in sorted(range(128), key=lambda i: (i != ord("%"), i == ord(" "), i))
+    if _FORM_TABLE[i] != chr(i)
+)
+_FORM_HIGH = re.compile("[\x80-\xff]")
 _FORM_HEADERS = {"Content-Type": "application/x-www-form-urlencoded"}
 #: Fields whose value is the same in every batch of a campaign (worth caching their encoding).
 _CONSTANT_FIELDS = frozenset({"html", "plain", "subject", "from", "fromName", "replyTo", "labelName"})
 
 
 def _quote(value: str) -> str:
-    return value.encode("utf-8").decode("latin-1").translate(_FORM_TABLE)
+    wide = not value.isascii()
+    if wide:
+        value = value.encode("utf-8").decode("latin-1")
+    for char, escaped in _FORM_ASCII:
+        if char in value:
+            value = value.replace(char, escaped)
+    return _FORM_HIGH.sub(_quote_high, value) if wide else value
+
+
+def _quote_high(match: re.Match[str]) -> str:
+    return _FORM_TABLE[ord(match.group())]
 
 
 @functools.lru_cache(maxsize=64)
