@@ -140,3 +140,25 @@ def test_compact_tokens_are_short_purpose_bound_and_older_tokens_still_work(app)
         tracking.read_unsubscribe(settings, "03" + token[1:])  # a leading zero is another spelling
     older = tracking.make_token(settings.token_secret, "unsubscribe", {"w": 3, "r": 42})
     assert tracking.read_unsubscribe(settings, older) == (3, 42)  # links in mail already sent
+
+
+def test_the_runners_token_makers_sign_exactly_as_the_single_token_functions(app):
+    from plugin import tracking
+    from plugin.extension import get_state
+
+    settings = get_state().settings
+    singles = {
+        "unsubscribe": tracking.unsubscribe_token,
+        "open": tracking.open_token,
+        "click": tracking.click_token,
+    }
+    for purpose, single in singles.items():
+        for workspace_id in (1, 7, 123456):
+            make = tracking.id_token_maker(settings, purpose, workspace_id)
+            for recipient_id in (0, 1, 42, 987654, 10**15):
+                token = make(recipient_id)
+                assert token == single(settings, workspace_id, recipient_id)
+                assert tracking.read_id_token(settings.token_secret, purpose, token) == (
+                    workspace_id,
+                    recipient_id,
+                )

@@ -1074,8 +1074,11 @@ def _build_message(
     rng = random.Random(batch.id)
     recipients = []
     public = tracking.public_base(ctx.settings)
+    unsubscribe_token = tracking.id_token_maker(ctx.settings, "unsubscribe", campaign.workspace_id)
+    open_token = tracking.id_token_maker(ctx.settings, "open", campaign.workspace_id)
+    click_token = tracking.id_token_maker(ctx.settings, "click", campaign.workspace_id)
     for recipient_id, contact_id, email, _attempts in members:
-        unsubscribe = tracking.unsubscribe_token(ctx.settings, campaign.workspace_id, recipient_id)
+        unsubscribe = unsubscribe_token(recipient_id)
         values = rendering.recipient_values(
             content,
             contacts.get(contact_id) if contact_id is not None else None,
@@ -1086,12 +1089,8 @@ def _build_message(
         )
         values[tracking.UNSUBSCRIBE_PLACEHOLDER] = unsubscribe
         if content.tracking:
-            values[rendering.OPEN_PLACEHOLDER] = tracking.open_token(
-                ctx.settings, campaign.workspace_id, recipient_id
-            )
-            values[rendering.CLICK_PLACEHOLDER] = tracking.click_token(
-                ctx.settings, campaign.workspace_id, recipient_id
-            )
+            values[rendering.OPEN_PLACEHOLDER] = open_token(recipient_id)
+            values[rendering.CLICK_PLACEHOLDER] = click_token(recipient_id)
         message_id = f"<mkt.{campaign.id}.{recipient_id}@{domain}>" if account.kind == "smtp" else None
         recipients.append(Recipient(email=email, variables=values, message_id=message_id))
     template_name = sender_info.get("template_name") if account.kind == "sendcloud" else None
