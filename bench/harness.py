@@ -307,6 +307,28 @@ def bulk_contacts(session, workspace_id: int, n: int, *, tag: str = "bench") -> 
     return tag_id
 
 
+def contact_records(session, workspace_id: int, n: int) -> list[Any]:
+    """The first ``n`` contacts of the workspace as the directory's ``ContactRecord`` (peers' input)."""
+    from plugin.directory import ContactRecord
+    from plugin.models import Contact
+
+    rows = session.execute(
+        Contact.__table__.select().where(Contact.workspace_id == workspace_id).order_by(Contact.id).limit(n)
+    ).all()
+    return [
+        ContactRecord(
+            id=r.id,
+            email=r.email,
+            name=r.name,
+            company=r.company,
+            country=r.country,
+            owner_id=r.owner_id,
+            custom=r.custom or {},
+        )
+        for r in rows
+    ]
+
+
 def sender_and_template(session, workspace_id: int):
     from plugin.models import Sender, Template
 

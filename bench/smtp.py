@@ -188,7 +188,6 @@ def main() -> int:
     from plugin.demo.models import db
     from plugin.models import Campaign
 
-    from .dispatch import _contacts
 
     harness.header("smtp", mails=n, db=args.db, profile=args.profile, durability=args.durability)
     sink = Sink()
@@ -210,7 +209,7 @@ def main() -> int:
                 )
                 campaign_id = campaign.id  # the ORM row expires at the runner's commits
                 peer_content, wire = prepared_mails(
-                    app, ws.id, sender, template, _contacts(session, ws.id, n)
+                    app, ws.id, sender, template, harness.contact_records(session, ws.id, n)
                 )
                 (workdir / "content.json").write_text(json.dumps(peer_content), encoding="utf-8")
                 envelope_from = sender.from_address

@@ -1,0 +1,29 @@
+"""The dispatch benchmark still runs end to end (a tiny campaign): its floor is built from the
+runner's own internals, so a change there must not leave ``make bench`` broken unnoticed.
+Speed is not asserted here (benchmarks measure it); exactly-once and completion are."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_dispatch_benchmark_runs_and_checks_exactly_once():
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.dispatch", "--profile", "quick", "-n", "400", "--db", "sqlite"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    out = done.stdout + done.stderr
+    assert "Traceback" not in out, out
+    assert "PASS  simulator saw each of 400 recipients once (400 mails, 400 distinct)" in out, out
+    assert "PASS  campaign completed (completed)" in out, out
+    assert "efficiency engine/floor:" in out, out
