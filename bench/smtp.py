@@ -188,7 +188,6 @@ def main() -> int:
     from plugin.demo.models import db
     from plugin.models import Campaign
 
-
     harness.header("smtp", mails=n, db=args.db, profile=args.profile, durability=args.durability)
     sink = Sink()
     workdir = Path(tempfile.mkdtemp(prefix="mkt-bench-smtp-"))

@@ -152,7 +152,7 @@ class Settings:
     mx_check: bool = False
     mx_check_budget_seconds: float = 30.0
     smtp_send_rate: float = 6.0
-    campaign_threads: int = 2
+    campaign_threads: int = 3
     soft_bounce_limit: int = 3
     rate_limit_storage_url: str = "memory://"
     rate_limit_tracking: str = "600/minute"

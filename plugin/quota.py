@@ -315,17 +315,21 @@ _TAKE = (
 #: the ledger row the conditional UPDATE looked at).  Parameters ``new_*``: a key named like a
 #: ledger column would also be SET by the UPDATE.
 _TAKEN = _TAKE.returning(_LEDGER.c.id).cte("taken")
-_TAKE_AND_RECORD_PG = _RESERVATIONS.insert().from_select(
-    ["ledger_id", "amount", "status", "lease_until", "batch_id", "created_at"],
-    select(
-        _TAKEN.c.id,
-        bindparam("want", type_=_RESERVATIONS.c.amount.type),
-        literal(HELD, type_=_RESERVATIONS.c.status.type),
-        bindparam("new_lease_until", type_=_RESERVATIONS.c.lease_until.type),
-        bindparam("new_batch_id", type_=_RESERVATIONS.c.batch_id.type),
-        bindparam("new_created_at", type_=_RESERVATIONS.c.created_at.type),
-    ),
-).returning(_RESERVATIONS.c.id)
+_TAKE_AND_RECORD_PG = (
+    _RESERVATIONS.insert()
+    .from_select(
+        ["ledger_id", "amount", "status", "lease_until", "batch_id", "created_at"],
+        select(
+            _TAKEN.c.id,
+            bindparam("want", type_=_RESERVATIONS.c.amount.type),
+            literal(HELD, type_=_RESERVATIONS.c.status.type),
+            bindparam("new_lease_until", type_=_RESERVATIONS.c.lease_until.type),
+            bindparam("new_batch_id", type_=_RESERVATIONS.c.batch_id.type),
+            bindparam("new_created_at", type_=_RESERVATIONS.c.created_at.type),
+        ),
+    )
+    .returning(_RESERVATIONS.c.id)
+)
 _RESERVATION = select(_RESERVATIONS.c.ledger_id, _RESERVATIONS.c.amount, _RESERVATIONS.c.status).where(
     _RESERVATIONS.c.id == bindparam("rid")
 )
@@ -826,9 +830,19 @@ def settle(session: Session, grant: Grant, used: int) -> None:
     Does not commit, so the caller writes per-recipient results in the same transaction.
     """
     used = max(0, min(int(used), grant.amount))
-    for reservation_id in (grant.reservation_id, grant.cap_reservation_id):
-        if reservation_id is not None and not _settle_held(session, reservation_id, grant.amount, used):
+    for reservation_id in _in_lock_order(grant):
+        if not _settle_held(session, reservation_id, grant.amount, used):
             commit_reservation(session, reservation_id, used, commit=False)
+
+
+def _in_lock_order(grant: Grant) -> list[int]:
+    """The grant's reservations in the order ``reserve_for_send`` locked their ledgers: the
+    owner's cap ledger, then the account's.  Settling or giving back in the other order could
+    deadlock against a claim of another worker holding the cap ledger and waiting for the
+    account ledger (PostgreSQL would abort one of the two)."""
+    if grant.cap_reservation_id is None:
+        return [grant.reservation_id]
+    return [grant.cap_reservation_id, grant.reservation_id]
 
 
 def _settle_held(session: Session, reservation_id: int, held: int, used: int) -> bool:
@@ -848,9 +862,8 @@ def _settle_held(session: Session, reservation_id: int, held: int, used: int) ->
 
 def give_back(session: Session, grant: Grant) -> None:
     """Nothing was sent: release everything the grant held. Does not commit."""
-    release(session, grant.reservation_id, commit=False)
-    if grant.cap_reservation_id is not None:
-        release(session, grant.cap_reservation_id, commit=False)
+    for reservation_id in _in_lock_order(grant):
+        release(session, reservation_id, commit=False)
 
 
 def renew_grant(session: Session, grant: Grant, *, lease_seconds: float = LEASE_SECONDS) -> bool:

@@ -291,3 +291,52 @@ def test_smtp_limits_are_not_divided_by_the_trigger_share(session, workspace):
     quota_sync.sync_account(session, workspace.id, smtp, None)
     assert ledger(session, smtp.id).limit == 400
     assert ledger(session, smtp.id, "trigger") is None
+
+
+def test_caps_and_account_ledgers_are_always_locked_cap_first(
+    session, workspace, account, simulator, monkeypatch
+):
+    """reserve_for_send locks the owner's cap ledger, then the account's; settling and giving
+    back must take them in that order too, or a worker recording a batch and another claiming
+    one can deadlock (each holding the ledger the other waits for).  The quota functions are
+    watched, not replaced: every call goes through to the database."""
+    from plugin.extension import get_state
+
+    settings = get_state().settings
+    allocation.add_cap(session, workspace.id, scope="user", subject="7", daily_limit=500)
+    session.commit()
+    sync(session, workspace, account)
+    calls: list[tuple[str, int]] = []
+
+    def watch(name: str) -> None:
+        real = getattr(quota, name)
+
+        def watched(session, first_id, *args, **kwargs):
+            calls.append((name, first_id))
+            return real(session, first_id, *args, **kwargs)
+
+        monkeypatch.setattr(quota, name, watched)
+
+    for name in ("reserve", "_settle_held", "commit_reservation", "release"):
+        watch(name)
+
+    grant = quota.reserve_for_send(
+        session, workspace_id=workspace.id, account=account, n=20, settings=settings, owner_id="7"
+    )
+    session.commit()
+    cap_owner = allocation.owner_key("user", "7")
+    cap_ledger, account_ledger = ledger(session, account.id, owner=cap_owner), ledger(session, account.id)
+    assert calls == [("reserve", cap_ledger.id), ("reserve", account_ledger.id)]
+
+    calls.clear()
+    quota.settle(session, grant, 15)
+    assert [rid for _, rid in calls] == [grant.cap_reservation_id, grant.reservation_id]
+
+    again = quota.reserve_for_send(
+        session, workspace_id=workspace.id, account=account, n=20, settings=settings, owner_id="7"
+    )
+    calls.clear()
+    quota.give_back(session, again)
+    assert calls == [("release", again.cap_reservation_id), ("release", again.reservation_id)]
+    session.commit()
+    assert left(ledger(session, account.id, owner=cap_owner)) == 500 - 15

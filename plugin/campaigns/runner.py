@@ -39,6 +39,7 @@ from sqlalchemy import BigInteger, Select, bindparam, exists, func, select, upda
 from sqlalchemy.orm import Session
 
 from .. import bulk_sql, quota
+from ..directory import ContactDirectory
 from ..errors import (
     AuthenticationFailed,
     DuplicateRequest,
@@ -465,9 +466,7 @@ _BATCH_FACTS = (
         _ACCOUNTS.c.from_address.label("account_from_address"),
         _ACCOUNTS.c.daily_limit.label("account_daily_limit"),
     )
-    .select_from(
-        Campaign.__table__.outerjoin(_ACCOUNTS, _ACCOUNTS.c.id == Campaign.__table__.c.account_id)
-    )
+    .select_from(Campaign.__table__.outerjoin(_ACCOUNTS, _ACCOUNTS.c.id == Campaign.__table__.c.account_id))
     .where(Campaign.__table__.c.id == bindparam("cid"))
 )
 
@@ -1067,7 +1066,15 @@ def _build_message(
     contact_ids = [m[1] for m in members if m[1] is not None]
     contacts: dict[int, Any] = {}
     if contact_ids:
-        for record in ctx.directory.contacts_by_id(session, campaign.workspace_id, contact_ids):
+        directory = ctx.directory
+        # A host directory written against the contract before ``contacts_by_id`` (duck-typed,
+        # not a ``ContactDirectory``) is read through its ``contacts``.
+        by_id = getattr(directory, "contacts_by_id", None)
+        if by_id is None:
+            found = ContactDirectory.contacts_by_id(directory, session, campaign.workspace_id, contact_ids)
+        else:
+            found = by_id(session, campaign.workspace_id, contact_ids)
+        for record in found:
             contacts[record.id] = record
     from_address = sender_info["from_address"] or account.from_address or ""
     domain = from_address.rpartition("@")[2] or "localhost"
