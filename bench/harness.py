@@ -308,25 +308,14 @@ def bulk_contacts(session, workspace_id: int, n: int, *, tag: str = "bench") -> 
 
 
 def contact_records(session, workspace_id: int, n: int) -> list[Any]:
-    """The first ``n`` contacts of the workspace as the directory's ``ContactRecord`` (peers' input)."""
-    from plugin.directory import ContactRecord
+    """The first ``n`` contacts of the workspace as the directory reads them (peers' input)."""
+    from sqlalchemy import select
+
+    from plugin.directory import SqlDirectory
     from plugin.models import Contact
 
-    rows = session.execute(
-        Contact.__table__.select().where(Contact.workspace_id == workspace_id).order_by(Contact.id).limit(n)
-    ).all()
-    return [
-        ContactRecord(
-            id=r.id,
-            email=r.email,
-            name=r.name,
-            company=r.company,
-            country=r.country,
-            owner_id=r.owner_id,
-            custom=r.custom or {},
-        )
-        for r in rows
-    ]
+    first = select(Contact.id).where(Contact.workspace_id == workspace_id).order_by(Contact.id).limit(n)
+    return [r for chunk in SqlDirectory().contacts(session, workspace_id, first, chunk=n) for r in chunk]
 
 
 def sender_and_template(session, workspace_id: int):

@@ -216,13 +216,12 @@ class SqlDirectory(ContactDirectory):
     def contacts(
         self, session: Session, workspace_id: int, ids: Select[Any], *, chunk: int = 1000
     ) -> Iterator[list[ContactRecord]]:
-        # Plain rows of the needed columns, not ORM objects: the runner reads 100 contacts per
-        # batch, and identity-map bookkeeping cost more than the query.
+        # Plain rows of the needed columns, not ORM objects: identity-map bookkeeping cost more
+        # than the query.
         last_id = 0
-        columns = (Contact.id, Contact.email, Contact.name, Contact.company, Contact.country)
         while True:
             rows = session.execute(
-                select(*columns, Contact.owner_id, Contact.custom)
+                select(*_RECORD_COLUMNS)
                 .where(Contact.workspace_id == workspace_id, Contact.id.in_(ids), Contact.id > last_id)
                 .order_by(Contact.id)
                 .limit(chunk)
@@ -230,18 +229,7 @@ class SqlDirectory(ContactDirectory):
             if not rows:
                 return
             last_id = rows[-1][0]
-            yield [
-                ContactRecord(
-                    id=r[0],
-                    email=r[1],
-                    name=r[2],
-                    company=r[3],
-                    country=r[4],
-                    owner_id=r[5],
-                    custom=dict(r[6] or {}),
-                )
-                for r in rows
-            ]
+            yield [_contact_record(r) for r in rows]
 
     def contacts_by_id(self, session: Session, workspace_id: int, ids: Sequence[int]) -> list[ContactRecord]:
         if type(self).contacts is not SqlDirectory.contacts:  # a subclass reads its own tables
@@ -251,18 +239,7 @@ class SqlDirectory(ContactDirectory):
             return []
         postgres = session.get_bind().dialect.name == "postgresql"
         rows = session.execute(_BY_ID_PG if postgres else _BY_ID, {"ws": workspace_id, "ids": wanted})
-        return [
-            ContactRecord(
-                id=r[0],
-                email=r[1],
-                name=r[2],
-                company=r[3],
-                country=r[4],
-                owner_id=r[5],
-                custom=dict(r[6] or {}),
-            )
-            for r in rows
-        ]
+        return [_contact_record(r) for r in rows]
 
     def _tag_ids(self, session: Session, workspace_id: int, names: Sequence[str], create: bool) -> list[int]:
         # Same spelling rule as creating a tag by hand: runs of whitespace become one space.
@@ -343,6 +320,21 @@ _RECORD_COLUMNS = (
     Contact.__table__.c.owner_id,
     Contact.__table__.c.custom,
 )
+
+
+def _contact_record(row: Any) -> ContactRecord:
+    """A ``ContactRecord`` from a row of ``_RECORD_COLUMNS``."""
+    return ContactRecord(
+        id=row[0],
+        email=row[1],
+        name=row[2],
+        company=row[3],
+        country=row[4],
+        owner_id=row[5],
+        custom=dict(row[6] or {}),
+    )
+
+
 #: ``SqlDirectory.contacts_by_id``: built once (building and keying a statement per batch cost
 #: more than running it); the ids as one array on PostgreSQL (see ``bulk_sql.one_of``).
 _BY_ID, _BY_ID_PG = (

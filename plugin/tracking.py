@@ -127,10 +127,13 @@ def _purpose_key(secret: str, purpose: str) -> bytes:
     return hmac.new(secret.encode(), (SALT_PREFIX + purpose).encode(), hashlib.sha256).digest()
 
 
-def _mac(secret: str, purpose: str, workspace_id: int, recipient_id: int) -> str:
-    message = f"{workspace_id}.{recipient_id}".encode()
-    digest = hmac.digest(_purpose_key(secret, purpose), message, "sha256")  # one-shot C path
+def _sign(key: bytes, signed: str) -> str:
+    digest = hmac.digest(key, signed.encode(), "sha256")  # one-shot C path
     return base64.urlsafe_b64encode(digest[:12]).decode("ascii")
+
+
+def _mac(secret: str, purpose: str, workspace_id: int, recipient_id: int) -> str:
+    return _sign(_purpose_key(secret, purpose), f"{workspace_id}.{recipient_id}")
 
 
 def make_id_token(secret: str, purpose: str, workspace_id: int, recipient_id: int) -> str:
@@ -143,11 +146,10 @@ def id_token_maker(settings: Settings, purpose: str, workspace_id: int) -> Calla
     (the runner signs three tokens for each of a hundred recipients in every batch)."""
     key = _purpose_key(settings.token_secret, purpose)
     prefix = f"{int(workspace_id)}."
-    digest, encode = hmac.digest, base64.urlsafe_b64encode
 
     def make(recipient_id: int) -> str:
         signed = f"{prefix}{int(recipient_id)}"
-        return f"{signed}.{encode(digest(key, signed.encode(), 'sha256')[:12]).decode('ascii')}"
+        return f"{signed}.{_sign(key, signed)}"
 
     return make
 
