@@ -7,8 +7,9 @@ by ``plugin.campaigns.runner`` exactly as a worker does (``context_from_app`` on
 Floor, in the same run and against the same simulator: a bare loop posting the same
 100-recipient ``mail/send`` requests (the engine's own batches of the frozen campaign, built
 and form-encoded beforehand by the runner's ``_build_message`` and the client's encoding, see
-``floor_batches``) over one keep-alive ``requests.Session``.  The floor is measured before and
-after the engine and the faster of the two is kept (the conservative choice for the ratio).
+``floor_batches``) over one keep-alive urllib3 connection (the transport of the engine's
+client).  The floor is measured before and after the engine and the faster of the two is kept
+(the conservative choice for the ratio).
 
 Target (issue 5, item 8): engine / floor >= 0.5 and >= 5,000 recipients/s.  The simulator's own
 CPU time is printed: when it is close to the floor's wall time, the simulator is the ceiling of
@@ -21,10 +22,11 @@ both numbers, not the client.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import threading
 import time
 
-import requests
+import urllib3
 
 from . import harness
 
@@ -82,7 +84,8 @@ def run_floor(sim: harness.SimulatorProcess, api_user: str, bodies: list[dict], 
     how much of the wall time the simulator spent on CPU: near 100 % means it is the ceiling)."""
     from plugin.providers.sendcloud import form_body
 
-    session = requests.Session()
+    url = urllib3.util.parse_url(f"{sim.url}/mail/send")
+    pool = urllib3.HTTPConnectionPool(url.host, url.port, maxsize=1, retries=False)
     forms = []
     for i, params in enumerate(bodies):  # encoded before timing: the loop only posts bytes
         data = {"apiUser": api_user, "apiKey": API_KEY}
@@ -97,12 +100,12 @@ def run_floor(sim: harness.SimulatorProcess, api_user: str, bodies: list[dict], 
     sim_cpu = sim.cpu_seconds()
     with harness.Stopwatch() as watch:
         for data in forms:
-            response = session.post(f"{sim.url}/mail/send", data=data, headers=headers, timeout=30)
-            body = response.json()
+            response = pool.request("POST", url.path, body=data, headers=headers, timeout=30)
+            body = json.loads(response.data)
             if body.get("result") is not True:
                 raise RuntimeError(f"the simulator refused a floor batch: {body}")
             recipients += len(body["info"]["emailIdList"])
-    session.close()
+    pool.close()
     sim_cpu = sim.cpu_seconds() - sim_cpu
     rate = recipients / watch.seconds
     print(

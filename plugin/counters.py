@@ -170,27 +170,41 @@ def send_rows(
     transaction that records the batch, so the counts are exactly the recorded results.
     """
     bucket = hour_bucket(at)
-    # Count per (domain, accepted) first: a batch has 100 outcomes but only a few domains, and a
-    # row per outcome and cell (800 dicts a batch) cost more than the upsert they collapse into.
-    tally: collections.Counter[tuple[str | None, bool]] = collections.Counter(
-        (email.rpartition("@")[2].strip().lower()[:255] or None, bool(accepted))
-        for email, accepted in outcomes
-    )
+    # Count per domain first, then write each cell once: a batch has 100 outcomes but only a few
+    # cells (the campaign's, its template's and sender's, one per domain), and a row per outcome
+    # and cell cost more than the upsert they collapse into.
+    submitted: collections.Counter[str | None] = collections.Counter()
+    sent: collections.Counter[str | None] = collections.Counter()
+    for email, accepted in outcomes:
+        domain = email.rpartition("@")[2].strip().lower()[:255] or None
+        submitted[domain] += 1
+        if accepted:
+            sent[domain] += 1
+    totals = {"submitted": sum(submitted.values()), "sent": sum(sent.values())}
+    common = cells(template_id=template_id, sender_id=sender_id)
     rows: list[dict] = []
-    for (domain, accepted), n in tally.items():
-        for metric in ("submitted", "sent") if accepted else ("submitted",):
-            for dimension, key in cells(template_id=template_id, sender_id=sender_id, domain=domain):
-                rows.append(
-                    {
-                        "workspace_id": workspace_id,
-                        "campaign_id": campaign_id,
-                        "metric": metric,
-                        "dimension": dimension,
-                        "key": key,
-                        "bucket": bucket,
-                        "count": n,
-                    }
-                )
+
+    def add(metric: str, dimension: str, key: str, n: int) -> None:
+        rows.append(
+            {
+                "workspace_id": workspace_id,
+                "campaign_id": campaign_id,
+                "metric": metric,
+                "dimension": dimension,
+                "key": key,
+                "bucket": bucket,
+                "count": n,
+            }
+        )
+
+    for metric, by_domain in (("submitted", submitted), ("sent", sent)):
+        if not totals[metric]:
+            continue
+        for dimension, key in common:
+            add(metric, dimension, key, totals[metric])
+        for domain, n in by_domain.items():
+            if domain:
+                add(metric, "domain", domain, n)
     return rows
 
 

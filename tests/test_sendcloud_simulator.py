@@ -7,11 +7,14 @@ messages of the SendCloud reference §14/§18), independently of our client.
 from __future__ import annotations
 
 import json
+import re
 import time
 from decimal import Decimal
 
 import pytest
 import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from plugin.sandbox.sendcloud import MESSAGES, SendCloudSimulator, SimulatorServer
 
@@ -616,3 +619,21 @@ def test_sandbox_pages_show_rendered_mail(sim):
     assert "a@example.com" in page.text
     assert "&lt;p&gt;&lt;b&gt;Ann&lt;/b&gt;&lt;/p&gt;" in page.text  # escaped into srcdoc
     assert KEY not in page.text
+
+
+# The simulator cuts a request's texts once and fills the pieces per recipient; that must give
+# exactly what one regex substitution per recipient gives, whatever the text and values.
+_PIECES = [*"ab %\n\t_-é中", "%x%", "%name%", "%%", "%a b%"]
+_TEXT = st.lists(st.sampled_from(_PIECES), max_size=20).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=_TEXT,
+    values=st.dictionaries(st.sampled_from(["%x%", "%name%", "%a%", "%%", "%b%"]), _TEXT, max_size=4),
+)
+def test_split_once_substitution_matches_a_regex_pass(text, values):
+    from plugin.sandbox.sendcloud import _cut_placeholders, _fill
+
+    expected = re.sub(r"%[^%\s]+%", lambda m: values.get(m.group(0), m.group(0)), text)
+    assert _fill(_cut_placeholders(text), values) == expected

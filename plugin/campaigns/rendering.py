@@ -258,13 +258,20 @@ class CompiledContent:
     size_bytes: int
     #: Whether open/click tracking was asked for (link rewriting belongs to ``tracking``).
     tracking: bool = False
-    _plan: tuple[tuple[str, str, str, str, bool], ...] = dataclasses.field(
-        default=(), repr=False, compare=False
-    )
+    #: The distinct values a recipient needs, ``(source, key, fallback)``, each worked out once
+    #: per recipient however many placeholders use it (the HTML and text parts repeat most).
+    _fields: tuple[tuple[str, str, str], ...] = dataclasses.field(default=(), repr=False, compare=False)
+    #: Every placeholder as ``(name, index into _fields, HTML-escaped)``.
+    _outputs: tuple[tuple[str, int, bool], ...] = dataclasses.field(default=(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        plan = tuple((name, b.source, b.key, b.fallback, b.html) for name, b in self.placeholders.items())
-        object.__setattr__(self, "_plan", plan)
+        fields: dict[tuple[str, str, str], int] = {}
+        outputs = []
+        for name, b in self.placeholders.items():
+            field = (b.source, b.key, b.fallback)
+            outputs.append((name, fields.setdefault(field, len(fields)), b.html))
+        object.__setattr__(self, "_fields", tuple(fields))
+        object.__setattr__(self, "_outputs", tuple(outputs))
 
 
 class _Placeholders:
@@ -606,6 +613,7 @@ def rewrite_links(
 # --------------------------------------------------------------------------- per recipient
 
 _RNG = random.Random()
+_HTML_SPECIAL = re.compile("[&<>\"']")
 
 
 def _as_text(value: Any) -> str:
@@ -631,10 +639,10 @@ def recipient_values(
     ``custom``), or ``None`` (test sends, previews without a contact).  ``now`` gives the
     ``date`` built-in as ``YYYY-MM-DD``: pass it in the time zone the date should be read in.
     """
-    out: dict[str, str] = {}
     custom = (getattr(contact, "custom", None) or {}) if contact is not None else {}
-    date_text = number = ""
-    for name, source, key, fallback, escape in content._plan:
+    texts: list[str] = []
+    number = ""
+    for source, key, fallback in content._fields:
         if source == "contact":
             value = getattr(contact, key, None) if contact is not None else None
         elif source == "email":
@@ -642,18 +650,26 @@ def recipient_values(
         elif source == "custom":
             value = custom.get(key)
         elif source == "unsubscribe":
-            out[name] = unsubscribe_url
+            texts.append(unsubscribe_url)
             continue
         elif source == "date":
-            date_text = date_text or now.strftime("%Y-%m-%d")
-            value = date_text
+            value = now.strftime("%Y-%m-%d")
         else:  # random_number: ten digits as in the EDM tools users know; one per recipient
             number = number or str((rng or _RNG).randrange(1_000_000_000, 10_000_000_000))
             value = number
         text = value if type(value) is str else _as_text(value)
-        if not text or text.isspace():
-            text = fallback
-        out[name] = html_lib.escape(text) if escape else text
+        texts.append(fallback if not text or text.isspace() else text)
+    out: dict[str, str] = {}
+    escaped: dict[int, str] = {}
+    for name, index, html in content._outputs:
+        if not html:
+            out[name] = texts[index]
+            continue
+        value = escaped.get(index)
+        if value is None:
+            text = texts[index]
+            value = escaped[index] = html_lib.escape(text) if _HTML_SPECIAL.search(text) else text
+        out[name] = value
     return out
 
 

@@ -25,13 +25,16 @@ import functools
 import hashlib
 import hmac
 import json
+import operator
+import os
 import re
 from collections.abc import Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
-import requests
-from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+import urllib3
+from requests.utils import DEFAULT_CA_BUNDLE_PATH, get_environ_proxies
+from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError, ReadTimeoutError
 
 from ..errors import (
     AuthenticationFailed,
@@ -299,17 +302,30 @@ def form_body(fields: Mapping[str, str]) -> bytes:
     ).encode("ascii")
 
 
-def _was_never_sent(exc: requests.ConnectionError) -> bool:
-    """True when the connection could not be opened at all (so the server saw nothing)."""
-    if isinstance(exc, requests.exceptions.ConnectTimeout):
-        return True
-    reason: Any = exc.args[0] if exc.args else None
-    reason = getattr(reason, "reason", reason)  # MaxRetryError wraps the real cause
-    return isinstance(reason, NewConnectionError | ConnectTimeoutError)
+def _pool(base_url: str, timeout: float) -> urllib3.PoolManager:
+    """The connection pool of one client: keep-alive, no automatic retries, the proxy and CA
+    bundle ``requests`` would pick from the environment (read once, not on every call).
+
+    Why urllib3 and not ``requests.Session``: a batch is one POST of an already encoded body,
+    and ``requests`` adds ~1 ms of CPU per call on top of urllib3 (merging the session's
+    cookies, hooks and environment every time), 5 % of a batch's engine time."""
+    options: dict[str, Any] = {
+        "retries": False,
+        "timeout": urllib3.Timeout(connect=min(timeout, 5.0), read=timeout),
+        "maxsize": 8,
+        "ca_certs": (
+            os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or DEFAULT_CA_BUNDLE_PATH
+        ),
+    }
+    scheme = base_url.partition(":")[0].lower()
+    proxy = get_environ_proxies(base_url).get(scheme) or None
+    if proxy:
+        return urllib3.ProxyManager(proxy, **options)
+    return urllib3.PoolManager(**options)
 
 
 class SendCloudClient:
-    """One SendCloud API_USER's connection: a ``requests.Session`` and the JSON envelope rules."""
+    """One SendCloud API_USER's connection: a keep-alive pool and the JSON envelope rules."""
 
     def __init__(
         self,
@@ -318,7 +334,6 @@ class SendCloudClient:
         *,
         base_url: str,
         timeout: float = 15.0,
-        session: requests.Session | None = None,
     ) -> None:
         if not api_user or not api_key:
             raise InvalidInput(_("SendCloud API_USER and API_KEY are both required"), field="api_user")
@@ -326,18 +341,14 @@ class SendCloudClient:
         self._api_key = api_key
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
-        self._session = session or requests.Session()
-        self._owns_session = session is None
+        self._pool = _pool(self.base_url, timeout)
 
     def __repr__(self) -> str:  # never show the key, not even in tracebacks of locals
         return f"<SendCloudClient {self.api_user} at {self.base_url}>"
 
     # -- transport
 
-    def _timeouts(self) -> tuple[float, float]:
-        return (min(self.timeout, 5.0), self.timeout)
-
-    def call(self, path: str, params: Mapping[str, Any] | None = None, *, files: Any = None) -> Any:
+    def call(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
         """POST ``params`` to ``path`` and return the envelope's ``info`` (``{}`` if absent).
 
         Raises the error class the status code maps to.  Only a connect failure is retried, once:
@@ -349,36 +360,21 @@ class SendCloudClient:
                 continue
             data[key] = ("true" if value else "false") if isinstance(value, bool) else str(value)
         url = f"{self.base_url}/{path.lstrip('/')}"
-        body: Any = data
-        headers = None
-        if files is None:  # encoded here: see ``form_body``
-            body, headers = form_body(data), _FORM_HEADERS
+        body = form_body(data)  # see ``form_body``
         response = None
         for attempt in (1, 2):
             try:
-                response = self._session.post(
-                    url, data=body, files=files, headers=headers, timeout=self._timeouts()
-                )
+                response = self._pool.request("POST", url, body=body, headers=_FORM_HEADERS)
                 break
-            except requests.ConnectionError as exc:
-                if _was_never_sent(exc):
-                    if attempt == 1:
-                        continue
-                    raise ProviderError(
-                        _("Cannot connect to SendCloud at %(url)s; nothing was sent.", url=self.base_url),
-                        provider=PROVIDER_NAME,
-                        retryable=True,
-                    ) from None
+            except (NewConnectionError, ConnectTimeoutError):  # the server saw nothing
+                if attempt == 1:
+                    continue
                 raise ProviderError(
-                    _(
-                        "The connection to SendCloud broke during %(call)s; the outcome is unknown, "
-                        "retry with the same sendRequestId.",
-                        call=path,
-                    ),
+                    _("Cannot connect to SendCloud at %(url)s; nothing was sent.", url=self.base_url),
                     provider=PROVIDER_NAME,
                     retryable=True,
                 ) from None
-            except requests.Timeout:
+            except ReadTimeoutError:
                 raise ProviderError(
                     _(
                         "SendCloud did not answer %(call)s within %(seconds)s s; the outcome is "
@@ -389,24 +385,28 @@ class SendCloudClient:
                     provider=PROVIDER_NAME,
                     retryable=True,
                 ) from None
-            except requests.RequestException as exc:
+            except HTTPError:  # the connection broke once the request was (maybe) out
                 raise ProviderError(
-                    _("The request to SendCloud failed: %(error)s", error=type(exc).__name__),
+                    _(
+                        "The connection to SendCloud broke during %(call)s; the outcome is unknown, "
+                        "retry with the same sendRequestId.",
+                        call=path,
+                    ),
                     provider=PROVIDER_NAME,
                     retryable=True,
                 ) from None
         assert response is not None
         return self._parse(path, response)
 
-    def _parse(self, path: str, response: requests.Response) -> Any:
-        if response.status_code >= 500:
+    def _parse(self, path: str, response: urllib3.BaseHTTPResponse) -> Any:
+        if response.status >= 500:
             raise ProviderError(
-                _("SendCloud answered HTTP %(status)s to %(call)s.", status=response.status_code, call=path),
+                _("SendCloud answered HTTP %(status)s to %(call)s.", status=response.status, call=path),
                 provider=PROVIDER_NAME,
                 retryable=True,
             )
         try:
-            body = response.json()
+            body = json.loads(response.data)
         except ValueError:
             body = None
         if not isinstance(body, dict) or "result" not in body:
@@ -415,7 +415,7 @@ class SendCloudClient:
                     "SendCloud answered %(call)s with HTTP %(status)s and a body that is not "
                     "its JSON envelope.",
                     call=path,
-                    status=response.status_code,
+                    status=response.status,
                 ),
                 provider=PROVIDER_NAME,
                 retryable=True,
@@ -548,8 +548,7 @@ class SendCloudClient:
         self.call("template/delete", {"invokeName": invoke_name})
 
     def close(self) -> None:
-        if self._owns_session:
-            self._session.close()
+        self._pool.clear()
 
 
 def _data_list(info: Any) -> list[Mapping[str, Any]]:
@@ -584,8 +583,7 @@ def build_send_params(batch: BatchMessage) -> dict[str, Any]:
             _("The idempotency key must be 1-%(max)s characters.", max=MAX_REQUEST_ID_LENGTH),
             field="idempotency_key",
         )
-    names = sorted({name for r in recipients for name in r.variables})
-    sub = {f"%{name}%": [str(r.variables.get(name, "")) for r in recipients] for name in names}
+    sub = _sub_columns([r.variables for r in recipients])
     xsmtpapi: dict[str, Any] = {"to": [r.email for r in recipients]}
     if sub:
         xsmtpapi["sub"] = sub
@@ -612,6 +610,19 @@ def build_send_params(batch: BatchMessage) -> dict[str, Any]:
     return params
 
 
+def _sub_columns(variables: list[Mapping[str, Any]]) -> dict[str, list[str]]:
+    """``{"%name%": [value of each recipient]}`` over the union of the recipients' names."""
+    names = sorted(set().union(*variables))
+    if not names:
+        return {}
+    row_of = operator.itemgetter(*names) if len(names) > 1 else lambda v: (v[names[0]],)
+    try:  # the usual batch: every recipient has every name (one C-level pass per recipient)
+        columns = zip(*(row_of(v) for v in variables), strict=True)
+    except KeyError:
+        columns = zip(*([v.get(name, "") for name in names] for v in variables), strict=True)
+    return {f"%{name}%": list(map(str, column)) for name, column in zip(names, columns, strict=True)}
+
+
 class SendCloudProvider:
     """``providers.base.Provider`` for one API_USER (a batch one or a trigger one)."""
 
@@ -625,9 +636,8 @@ class SendCloudProvider:
         *,
         base_url: str,
         timeout: float = 15.0,
-        session: requests.Session | None = None,
     ) -> None:
-        self.client = SendCloudClient(api_user, api_key, base_url=base_url, timeout=timeout, session=session)
+        self.client = SendCloudClient(api_user, api_key, base_url=base_url, timeout=timeout)
 
     def __repr__(self) -> str:
         return f"<SendCloudProvider {self.client.api_user}>"

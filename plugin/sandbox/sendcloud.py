@@ -180,7 +180,7 @@ _EMAIL = re.compile(
 _DOMAIN = re.compile(r"(?=.{1,250}$)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}")
 _APIUSER_NAME = re.compile(r"[A-Za-z0-9_]{6,32}")
 _FROM_WITH_NAME = re.compile(r"\s*(.*?)\s*<\s*([^<>]+?)\s*>\s*")
-_PLACEHOLDER = re.compile(r"%[^%\s]+%")
+_PLACEHOLDER = re.compile(r"(%[^%\s]+%)")
 _INVOKE_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 _ALNUM = string.ascii_letters + string.digits
 
@@ -417,6 +417,46 @@ class _Outgoing:
     task_id: int | None = None
     #: The request's headers with this recipient's values (``None``: as in the request).
     headers: Mapping[str, str] | None = None
+
+
+def _cut_placeholders(text: str) -> tuple[str, ...]:
+    """``text`` cut around its ``%name%`` placeholders: literal, name, literal, ... literal.
+
+    Why: a request carries one subject, body and header set for up to 100 recipients; scanning
+    them once and joining the pieces per recipient does the substitution a regex pass per
+    recipient did, identically (same non-overlapping left-to-right matches), at a fraction of
+    the CPU the simulator takes from the client it shares the machine with in benchmarks."""
+    return tuple(_PLACEHOLDER.split(text))
+
+
+def _fill(parts: tuple[str, ...], values: Mapping[str, str]) -> str:
+    if len(parts) == 1:
+        return parts[0]
+    pieces = list(parts)
+    for i in range(1, len(pieces), 2):
+        name = pieces[i]
+        pieces[i] = values.get(name, name)
+    return "".join(pieces)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Content:
+    """A request's subject, bodies and header values, split once for every recipient."""
+
+    subject: tuple[str, ...]
+    html: tuple[str, ...]
+    plain: tuple[str, ...]
+    #: Header values split likewise; ``None`` when no value holds a ``%`` (kept as sent).
+    headers: dict[str, tuple[str, ...]] | None
+
+    @classmethod
+    def of(cls, subject: str, html: str, plain: str, headers: Mapping[str, str] | None) -> _Content:
+        split_headers = None
+        if headers and any("%" in v for v in headers.values()):
+            split_headers = {name: _cut_placeholders(value) for name, value in headers.items()}
+        return cls(
+            _cut_placeholders(subject), _cut_placeholders(html), _cut_placeholders(plain), split_headers
+        )
 
 
 # --------------------------------------------------------------------------- the simulator
@@ -1193,6 +1233,7 @@ class SendCloudSimulator:
             raise SimError(40908)
 
         # Build the per-recipient content before taking the lock (pure work).
+        content = _Content.of(subject, html, plain, headers)
         outgoing: list[_Outgoing] = []
         task_ids: list[int] = []
         if use_list:
@@ -1209,7 +1250,7 @@ class SendCloudSimulator:
                 for member, member_vars in lists[alias].items():
                     values = {f"%{k}%": str(v) for k, v in member_vars.items()}
                     values.setdefault("%recipient%", member)
-                    outgoing.append(self._render(member, subject, html, plain, values, task_id, headers))
+                    outgoing.append(self._render(member, content, values, task_id))
         else:
             assert xsmtpapi is not None or to_list
             subs = (xsmtpapi or {}).get("sub") or {}
@@ -1220,8 +1261,8 @@ class SendCloudSimulator:
                 for key, column in subs.items():
                     value = str(column[index])
                     values[key] = str(section.get(value, section.get(value.strip("%"), value)))
-                outgoing.append(self._render(address, subject, html, plain, values, None, headers))
-            outgoing += [self._render(a, subject, html, plain, {}, None, headers) for a in extra]
+                outgoing.append(self._render(address, content, values, None))
+            outgoing += [self._render(a, content, {}, None) for a in extra]
 
         with self._lock:
             now = self.clock()
@@ -1290,12 +1331,9 @@ class SendCloudSimulator:
     @staticmethod
     def _render(
         address: str,
-        subject: str,
-        html: str,
-        plain: str,
+        content: _Content,
         values: Mapping[str, str],
         task_id: int | None,
-        headers: Mapping[str, str] | None = None,
     ) -> _Outgoing:
         """One recipient's content; ``%var%`` in header values is substituted too.
 
@@ -1303,14 +1341,17 @@ class SendCloudSimulator:
         values so a per-recipient ``List-Unsubscribe`` (one request, a token per recipient) can be
         checked end to end.  Whether the real service does this is unverified (reference §3.1).
         """
-
-        def sub(text: str) -> str:
-            return _PLACEHOLDER.sub(lambda m: values.get(m.group(0), m.group(0)), text)
-
         own = None
-        if headers and any("%" in v for v in headers.values()):
-            own = {k: sub(v) for k, v in headers.items()}
-        return _Outgoing(address, sub(subject), sub(html), sub(plain), task_id, own)
+        if content.headers is not None:
+            own = {name: _fill(parts, values) for name, parts in content.headers.items()}
+        return _Outgoing(
+            address,
+            _fill(content.subject, values),
+            _fill(content.html, values),
+            _fill(content.plain, values),
+            task_id,
+            own,
+        )
 
     @staticmethod
     def _bool(p: MultiDict[str, str], name: str, default: bool, code: int) -> bool:
