@@ -21,6 +21,7 @@ both numbers, not the client.
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
 import threading
@@ -149,8 +150,74 @@ def run_engine(app, campaign_id: int, workers: int, profile_to: str | None) -> s
     return ",".join(sorted(set(outcomes)))
 
 
+def child(url: str, sim_url: str, campaign_id: int, threads: int) -> None:
+    """One worker process (as a Celery worker would be): build the app, connect, say "ready",
+    wait for "go" on stdin, run the campaign in ``threads`` threads, print its CPU seconds."""
+    import sys
+
+    from plugin.demo.models import db
+    from plugin.models import Campaign
+
+    app = harness.bench_app(url, MARKETING_SENDCLOUD_API_BASE=sim_url)
+    with app.app_context():
+        db.session.execute(db.select(Campaign.id).limit(1))
+        db.session.remove()
+    print("ready", flush=True)
+    sys.stdin.readline()
+    cpu = time.process_time()
+    outcome = run_engine(app, campaign_id, threads, None)
+    print(json.dumps({"cpu": time.process_time() - cpu, "outcome": outcome}), flush=True)
+
+
+def run_processes(database_url: str, sim_url: str, campaign_id: int, processes: int, threads: int):
+    """``processes`` worker processes sharing the campaign; returns (outcome, their CPU seconds)
+    and is timed by the caller from the moment every worker was told to go."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    procs = [
+        subprocess.Popen(  # noqa: S603 - our own module with our own arguments
+            [
+                *(sys.executable, "-m", "bench.dispatch", "--child", database_url, sim_url),
+                *(str(campaign_id), "--workers", str(threads)),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=str(Path(__file__).resolve().parents[1]),
+            env=os.environ.copy(),
+        )
+        for _ in range(processes)
+    ]
+    for proc in procs:
+        if proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("a worker process did not start")
+    return procs
+
+
+def finish_processes(procs) -> tuple[str, float]:
+    results = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=3600)
+        if proc.returncode != 0:
+            raise RuntimeError(f"a worker process failed ({proc.returncode})")
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    outcomes = ",".join(sorted({o for r in results for o in r["outcome"].split(",")}))
+    return outcomes, sum(r["cpu"] for r in results)
+
+
 def main() -> int:
     p = harness.parser(__doc__.split("\n\n")[0])
+    p.add_argument("--child", nargs=3, metavar=("URL", "SIM_URL", "CAMPAIGN_ID"), help=argparse.SUPPRESS)
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="worker processes sharing the campaign (PostgreSQL; as several Celery workers would), "
+        "each running --workers threads",
+    )
     p.add_argument(
         "--workers",
         type=int,
@@ -165,6 +232,11 @@ def main() -> int:
         from plugin.config import DEFAULTS
 
         args.workers = int(DEFAULTS["CAMPAIGN_THREADS"])
+    if args.child:
+        child(args.child[0], args.child[1], int(args.child[2]), args.workers)
+        return 0
+    if args.processes > 1 and args.db != "postgres":
+        p.error("--processes needs --db postgres (workers share a campaign through SKIP LOCKED)")
 
     from plugin.access import ensure_workspace
     from plugin.campaigns import runner
@@ -176,6 +248,7 @@ def main() -> int:
         recipients=n,
         db=args.db,
         workers=args.workers,
+        processes=args.processes,
         profile=args.profile,
         durability=args.durability,
     )
@@ -205,15 +278,24 @@ def main() -> int:
             bodies = floor_batches(session, app, campaign_id)
             floor_1 = run_floor(sim, "bench_floor", bodies, 1)
             session.remove()
+            procs = None
+            if args.processes > 1:
+                procs = run_processes(database.url, sim.url, campaign_id, args.processes, args.workers)
             sim_cpu_before = sim.cpu_seconds()
             with (
                 harness.count_sql(db.engine) as sql,
                 harness.MachineCpu() as machine,
                 harness.Stopwatch() as engine,
             ):
-                cpu_before = time.process_time()
-                outcome = run_engine(app, campaign_id, args.workers, args.profile_engine)
-                engine_cpu = time.process_time() - cpu_before
+                if procs is not None:
+                    for proc in procs:
+                        proc.stdin.write("go\n")
+                        proc.stdin.flush()
+                    outcome, engine_cpu = finish_processes(procs)
+                else:
+                    cpu_before = time.process_time()
+                    outcome = run_engine(app, campaign_id, args.workers, args.profile_engine)
+                    engine_cpu = time.process_time() - cpu_before
             sim_cpu = sim.cpu_seconds() - sim_cpu_before
             floor_2 = run_floor(sim, "bench_floor", bodies, 2)
 
@@ -240,7 +322,11 @@ def main() -> int:
         print(
             f"   per batch: {1000 * engine.seconds / batches:.1f} ms wall, engine CPU "
             f"{1000 * engine_cpu / batches:.1f} ms, simulator CPU {1000 * sim_cpu / batches:.1f} ms, "
-            f"{sql.statements / batches:.1f} SQL statements, {sql.commits / batches:.1f} commits"
+            + (
+                f"{sql.statements / batches:.1f} SQL statements, {sql.commits / batches:.1f} commits"
+                if procs is None
+                else "(statements counted in this process only)"
+            )
         )
         print(f"   floor (bare keep-alive loop, best of 2): {floor:,.0f} recipients/s")
         print(f"   efficiency engine/floor: {ratio:.2f}")

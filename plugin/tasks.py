@@ -15,8 +15,10 @@ worker needs the host's Flask app; two ways to start one:
 * ``MARKETING_CELERY_APP_FACTORY=plugin.demo.app:create_app celery -A plugin.tasks worker``: the
   factory (``module:callable``) is called once per worker process.
 
-On PostgreSQL several workers may run one campaign together (``submit(..., parallel=n)``): the
-runner claims batches with ``FOR UPDATE SKIP LOCKED``, so they never share a recipient.
+On PostgreSQL several workers may run one campaign together (``submit(..., parallel=n)``; by
+default ``MARKETING_CAMPAIGN_WORKERS`` tasks for a SendCloud campaign without a rate limit): the
+runner claims batches with ``FOR UPDATE SKIP LOCKED``, so they never share a recipient.  Worker
+processes do not share an interpreter lock, so on several cores they send faster than threads.
 
 Liveness: while a campaign runs, a heartbeat thread renews the lease ``marketing:run:<id>``
 (see ``leases``); the scheduler resubmits a ``running`` campaign only when that lease has expired,
@@ -162,6 +164,37 @@ def run_in_app(app: Flask, campaign_id: int, *, worker_id: str, should_stop: Cal
             session.remove() if hasattr(session, "remove") else session.close()
 
 
+def runners_for(app: Flask, campaign_id: int, wanted: int, *, postgres_only: bool = False) -> int:
+    """How many runners may share a campaign: ``wanted`` for a SendCloud campaign sent without a
+    rate limit, else one (each runner paces itself at the campaign's rate, so several would
+    send faster than asked; an SMTP account has one connection and its own rate)."""
+    if wanted <= 1:
+        return 1
+    from sqlalchemy import select
+
+    from .extension import get_state
+    from .models import Campaign, ProviderAccount
+
+    with app.app_context():
+        state = get_state()
+        if postgres_only and state.db.engine.dialect.name != "postgresql":
+            return 1
+        session = state.session
+        try:
+            row = session.execute(
+                select(Campaign.send_rate, ProviderAccount.kind)
+                .join(ProviderAccount, ProviderAccount.id == Campaign.account_id)
+                .where(Campaign.id == campaign_id)
+            ).first()
+        finally:
+            session.remove() if hasattr(session, "remove") else session.close()
+        default_rate = float(state.settings.send_rate)
+    if row is None or row.kind != "sendcloud":
+        return 1
+    rate = row.send_rate if row.send_rate is not None else default_rate  # as the runner reads it
+    return 1 if rate > 0 else wanted
+
+
 class ThreadExecutor:
     """``threads`` backend: one campaign runs in this process at most once at a time.
 
@@ -179,7 +212,6 @@ class ThreadExecutor:
             state = get_state()
             engine = state.db.engine
             self.threads_per_campaign = max(1, int(getattr(state.settings, "campaign_threads", 1)))
-            self.default_send_rate = float(state.settings.send_rate)
         self.heartbeat = Heartbeat(engine, self.worker_id)
         self._pool = ThreadPoolExecutor(
             max_workers=max_workers * self.threads_per_campaign, thread_name_prefix="marketing-run"
@@ -210,31 +242,7 @@ class ThreadExecutor:
 
     def _threads_for(self, campaign_id: int) -> int:
         """Several threads only where they help and cannot break a limit (see the class doc)."""
-        if self.threads_per_campaign == 1:
-            return 1
-        from sqlalchemy import select
-
-        from .extension import get_state
-        from .models import Campaign, ProviderAccount
-
-        with self.app.app_context():
-            session = get_state().session
-            try:
-                row = session.execute(
-                    select(Campaign.send_rate, ProviderAccount.kind)
-                    .join(ProviderAccount, ProviderAccount.id == Campaign.account_id)
-                    .where(Campaign.id == campaign_id)
-                ).first()
-            finally:
-                session.remove() if hasattr(session, "remove") else session.close()
-        if row is None or row.kind != "sendcloud":
-            return 1
-        rate = (
-            row.send_rate if row.send_rate is not None else self.default_send_rate
-        )  # as the runner reads it
-        if rate > 0:
-            return 1
-        return self.threads_per_campaign
+        return runners_for(self.app, campaign_id, self.threads_per_campaign)
 
     def active(self, campaign_id: int) -> bool:
         with self._lock:
@@ -368,12 +376,16 @@ class CeleryExecutor:
         self.holder = worker_identity("queued")
         with app.app_context():
             self.engine = get_state().db.engine
+            self.workers_per_campaign = max(1, int(getattr(get_state().settings, "campaign_workers", 1)))
         self._closed = False
 
-    def submit(self, campaign_id: int, *, parallel: int = 1) -> bool:
-        """Queue ``parallel`` tasks for the campaign (several workers share it on PostgreSQL)."""
+    def submit(self, campaign_id: int, *, parallel: int | None = None) -> bool:
+        """Queue ``parallel`` tasks for the campaign (several workers share it on PostgreSQL);
+        by default ``MARKETING_CAMPAIGN_WORKERS`` where several may share it (``runners_for``)."""
         if self._closed:
             return False
+        if parallel is None:
+            parallel = runners_for(self.app, campaign_id, self.workers_per_campaign, postgres_only=True)
         # Counts as alive while it waits in the queue, so the next tick does not queue it again.
         leases.touch(self.engine, [run_lease_name(campaign_id)], self.holder, QUEUED_TTL)
         for _ in range(max(1, parallel)):

@@ -199,3 +199,32 @@ def test_two_celery_workers_share_one_campaign_with_no_duplicates(app, session, 
         match = re.search(r"sent (\d+) batches here", worker.output())
         assert match is not None, worker.output()[-2000:]
         assert int(match.group(1)) >= 1, "each worker sent some of the campaign's batches"
+
+
+def _queued(queue: str) -> int:
+    import redis
+
+    return int(redis.Redis.from_url(BROKER).llen(queue))
+
+
+@pytest.mark.parametrize("send_rate", [0, 200])
+def test_submit_queues_one_task_per_worker_where_workers_may_share(app, session, workspace, sim, send_rate):
+    """Without a rate limit, on PostgreSQL, MARKETING_CAMPAIGN_WORKERS tasks (default 2) share the
+    campaign; a paced campaign, or any on SQLite (one writer), gets one.  Counted on the broker."""
+    import redis
+
+    world = build_world(session, workspace.id, sim, contacts=10)
+    campaign = add_campaign(session, world, send_at=utcnow(), send_rate=send_rate)
+    executor = get_executor(app)
+    assert isinstance(executor, CeleryExecutor)
+    assert executor.workers_per_campaign == 2
+    queue = f"{QUEUE}-count-{send_rate}"
+    app.config["MARKETING_CELERY_QUEUE"] = queue
+    try:
+        assert executor.submit(campaign.id)
+        several = send_rate == 0 and BACKEND == "postgres"
+        assert _queued(queue) == (2 if several else 1)
+        assert executor.submit(campaign.id, parallel=3)  # an explicit count is taken as given
+        assert _queued(queue) == (5 if several else 4)
+    finally:
+        redis.Redis.from_url(BROKER).delete(queue)
