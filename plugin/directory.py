@@ -237,8 +237,11 @@ class SqlDirectory(ContactDirectory):
         wanted = list(dict.fromkeys(int(i) for i in ids))
         if not wanted:
             return []
-        postgres = session.get_bind().dialect.name == "postgresql"
-        rows = session.execute(_BY_ID_PG if postgres else _BY_ID, {"ws": workspace_id, "ids": wanted})
+        params = {"ws": workspace_id, "ids": wanted}
+        if session.get_bind().dialect.name == "postgresql":
+            rows = _BY_ID_HOT.run(session, params).all()
+        else:
+            rows = session.execute(_BY_ID, params).all()
         return [_contact_record(r) for r in rows]
 
     def _tag_ids(self, session: Session, workspace_id: int, names: Sequence[str], create: bool) -> list[int]:
@@ -344,3 +347,4 @@ _BY_ID, _BY_ID_PG = (
     )
     for postgres in (False, True)
 )
+_BY_ID_HOT = bulk_sql.Hot(_BY_ID_PG)

@@ -38,6 +38,7 @@ from sqlalchemy import bindparam, case, func, literal, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from . import bulk_sql
 from .models import AccountSnapshot, ProviderAccount, QuotaLedger, QuotaReservation, utcnow
 from .providers.base import AccountInfo
 
@@ -238,7 +239,7 @@ def reserve(
             "new_batch_id": batch_id,
             "new_created_at": utcnow(),
         }
-        taken = session.execute(_TAKE_AND_RECORD_PG, params).scalar_one_or_none()
+        taken = _TAKE_AND_RECORD_HOT.run(session, params).scalar_one_or_none()
         if taken is not None:
             reservation = Reservation(taken, ledger_id, n, lease_until, batch_id)
             if commit:
@@ -330,6 +331,7 @@ _TAKE_AND_RECORD_PG = (
     )
     .returning(_RESERVATIONS.c.id)
 )
+_TAKE_AND_RECORD_HOT = bulk_sql.Hot(_TAKE_AND_RECORD_PG)
 _RESERVATION = select(_RESERVATIONS.c.ledger_id, _RESERVATIONS.c.amount, _RESERVATIONS.c.status).where(
     _RESERVATIONS.c.id == bindparam("rid")
 )
@@ -369,6 +371,7 @@ _SETTLE_HELD_PG = (
         committed=_LEDGER.c.committed + bindparam("used"),
     )
 )
+_SETTLE_HELD_HOT = bulk_sql.Hot(_SETTLE_HELD_PG)
 
 
 def commit_reservation(session: Session, reservation_id: int, used: int, *, commit: bool = True) -> bool:
@@ -852,7 +855,7 @@ def _settle_held(session: Session, reservation_id: int, held: int, used: int) ->
     caller then takes the general path."""
     params = {"rid": reservation_id, "held": held, "used": used}
     if session.get_bind().dialect.name == "postgresql":
-        return session.execute(_SETTLE_HELD_PG, params).rowcount == 1
+        return _SETTLE_HELD_HOT.run(session, params).rowcount == 1
     ledger_id = session.execute(_COMMIT_HELD, params).scalar_one_or_none()
     if ledger_id is None:
         return False

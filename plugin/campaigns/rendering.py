@@ -243,7 +243,9 @@ def binding_for(key: str, fallback: str | None, *, html: bool) -> Binding:
     if key == UNSUBSCRIBE:
         return Binding("unsubscribe", UNSUBSCRIBE)
     if key in ("date", "random_number"):
-        return Binding(key, key, fb, html)  # type: ignore[arg-type]
+        # Digits and dashes, never empty: escaping changes nothing, so the HTML and text parts
+        # share one placeholder (one column less per recipient in every SendCloud request).
+        return Binding(key, key, fb, False)  # type: ignore[arg-type]
     return Binding("custom", key, fb, html)
 
 
@@ -653,7 +655,7 @@ def recipient_values(
             texts.append(unsubscribe_url)
             continue
         elif source == "date":
-            value = now.strftime("%Y-%m-%d")
+            value = now.date().isoformat()  # YYYY-MM-DD; strftime cost ~10 µs per recipient
         else:  # random_number: ten digits as in the EDM tools users know; one per recipient
             number = number or str((rng or _RNG).randrange(1_000_000_000, 10_000_000_000))
             value = number

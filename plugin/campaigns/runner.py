@@ -471,7 +471,16 @@ _BATCH_FACTS = (
 )
 
 
+_BATCH_FACTS_HOT = bulk_sql.Hot(_BATCH_FACTS)
+
 _CampaignLike = Campaign | _CampaignFacts
+
+
+def _execute(session: Session, statement: Any, hot: bulk_sql.Hot, params: dict[str, Any]) -> Any:
+    """``statement`` through SQLAlchemy on SQLite, its ``hot`` form on PostgreSQL."""
+    if _is_postgres(session):
+        return hot.run(session, params)
+    return session.execute(statement, params)
 
 
 def _provider(session: Session, ctx: RunContext, account: _AccountFacts) -> Provider:
@@ -495,7 +504,7 @@ def run_batch(session: Session, campaign_id: int, ctx: RunContext) -> str:
 
 def _run_batch(session: Session, campaign_id: int, ctx: RunContext) -> str:
     now = ctx.clock()
-    row = session.execute(_BATCH_FACTS, {"cid": campaign_id}).first()
+    row = _execute(session, _BATCH_FACTS, _BATCH_FACTS_HOT, {"cid": campaign_id}).first()
     if row is None or row.status != lifecycle.RUNNING:
         session.rollback()
         return IDLE
@@ -619,17 +628,20 @@ def _claim(
     PostgreSQL workers from waiting on rows another transaction is still claiming.  Lock order
     is the gate's (ledger row, then campaign row), the same as recording's (settle, then counters).
     """
-    seq = session.execute(_NEXT_SEQ, {"cid": campaign.id}).scalar_one() - 1
     postgres = _is_postgres(session)
+    if postgres:
+        seq = _NEXT_SEQ_HOT.run(session, {"cid": campaign.id, "updated_at": utcnow()}).scalar_one() - 1
+    else:
+        seq = session.execute(_NEXT_SEQ, {"cid": campaign.id}).scalar_one() - 1
     rows: Sequence[Any] = ()
     if campaign.single_content is not None:  # one template and sender: no need to ask which
         template_id, sender_id = campaign.single_content
-        pending = _pending_query(template_id, sender_id, grant.amount, postgres)
         after = ctx._claimed_up_to.get(campaign.id, 0)
         params = {"cid": campaign.id, "ws": campaign.workspace_id, "after": after}
-        rows = session.execute(pending, params).all()
+        content = (template_id, sender_id, grant.amount, postgres)
+        rows = _claim_rows(session, *content, params)
         if len(rows) < grant.amount and after:  # ran short: rows sent back to the queue lie below
-            rows = session.execute(pending, {**params, "after": 0}).all()
+            rows = _claim_rows(session, *content, {**params, "after": 0})
         if rows:
             ctx._claimed_up_to[campaign.id] = max(after, rows[-1].id)
     if not rows:
@@ -638,10 +650,14 @@ def _claim(
             session.rollback()
             return None
         template_id, sender_id = first
-        rows = session.execute(
-            _pending_query(template_id, sender_id, grant.amount, postgres),
+        rows = _claim_rows(
+            session,
+            template_id,
+            sender_id,
+            grant.amount,
+            postgres,
             {"cid": campaign.id, "ws": campaign.workspace_id, "after": 0},
-        ).all()
+        )
     if not rows:
         session.rollback()
         return None
@@ -694,7 +710,7 @@ def _claim(
     }
     values = {f"new_{name}": value for name, value in values.items()}
     if postgres:  # the batch row and its members' mark in one statement
-        batch_id = session.execute(_INSERT_AND_MARK_PG, {**values, "rids": rids}).scalar_one()
+        batch_id = _INSERT_AND_MARK_HOT.run(session, {**values, "rids": rids}).scalar_one()
     else:
         batch_id = session.execute(_INSERT_BATCH, values).scalar_one()
         session.execute(_MARK_SENDING, {"rids": rids, "bid": batch_id})
@@ -707,6 +723,7 @@ _NEXT_SEQ = (
     .values(next_seq=Campaign.__table__.c.next_seq + 1)
     .returning(Campaign.__table__.c.next_seq)
 )
+_NEXT_SEQ_HOT = bulk_sql.Hot(_NEXT_SEQ)  # ``updated_at`` (the column's onupdate) passed by hand
 
 
 @functools.lru_cache(maxsize=256)  # statements are immutable: built once per content
@@ -750,6 +767,24 @@ def _pending_query(template_id: int | None, sender_id: int | None, limit: int, p
         .limit(limit)
     )
     return query.with_for_update(skip_locked=True) if postgres else query
+
+
+@functools.lru_cache(maxsize=256)
+def _pending_hot(template_id: int | None, sender_id: int | None, limit: int) -> bulk_sql.Hot:
+    return bulk_sql.Hot(_pending_query(template_id, sender_id, limit, True))
+
+
+def _claim_rows(
+    session: Session,
+    template_id: int | None,
+    sender_id: int | None,
+    limit: int,
+    postgres: bool,
+    params: dict[str, Any],
+) -> Sequence[Any]:
+    if postgres:
+        return _pending_hot(template_id, sender_id, limit).run(session, params).all()
+    return session.execute(_pending_query(template_id, sender_id, limit, False), params).all()
 
 
 _FIRST_PENDING = (
@@ -797,6 +832,7 @@ _INSERT_AND_MARK_PG = select(_NEW_BATCH_CTE.c.id).add_cte(
     .values(status="sending", batch_id=select(_NEW_BATCH_CTE.c.id).scalar_subquery())
     .cte("marked")
 )
+_INSERT_AND_MARK_HOT = bulk_sql.Hot(_INSERT_AND_MARK_PG)
 
 
 def _shrink(session: Session, grant: quota.Grant, amount: int, now: dt.datetime) -> quota.Grant:
@@ -1291,7 +1327,7 @@ def _record(
     closed = {"bid": batch.id, "at": now}
     counted = {"cid": campaign.id, "sent": accepted, "failed": failed + unknown}
     if _is_postgres(session):  # batch closed and campaign counted in one statement
-        session.execute(_CLOSE_AND_COUNT_PG[bool(accepted)], {**closed, **counted, "touched": utcnow()})
+        _CLOSE_AND_COUNT_HOT[bool(accepted)].run(session, {**closed, **counted, "touched": utcnow()})
     else:
         session.execute(_BATCH_SENT, closed)
         session.execute(_ADD_OUTCOMES_AND_RESET if accepted else _ADD_OUTCOMES, counted)
@@ -1349,6 +1385,7 @@ _CLOSE_AND_COUNT_PG = tuple(
     )
     for count in (_ADD_OUTCOMES, _ADD_OUTCOMES_AND_RESET)
 )
+_CLOSE_AND_COUNT_HOT = tuple(bulk_sql.Hot(statement) for statement in _CLOSE_AND_COUNT_PG)
 
 
 def _row(
