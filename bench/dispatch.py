@@ -150,7 +150,7 @@ def run_engine(app, campaign_id: int, workers: int, profile_to: str | None) -> s
     return ",".join(sorted(set(outcomes)))
 
 
-def child(url: str, sim_url: str, campaign_id: int, threads: int) -> None:
+def child(url: str, sim_url: str, campaign_id: int, threads: int, durability: str) -> None:
     """One worker process (as a Celery worker would be): build the app, connect, say "ready",
     wait for "go" on stdin, run the campaign in ``threads`` threads, print its CPU seconds."""
     import sys
@@ -160,16 +160,21 @@ def child(url: str, sim_url: str, campaign_id: int, threads: int) -> None:
 
     app = harness.bench_app(url, MARKETING_SENDCLOUD_API_BASE=sim_url)
     with app.app_context():
+        if durability == "relaxed":
+            harness.relax_durability(db.engine)
         db.session.execute(db.select(Campaign.id).limit(1))
         db.session.remove()
     print("ready", flush=True)
-    sys.stdin.readline()
+    if sys.stdin.readline().strip() != "go":  # the parent went away: do not send anything
+        raise SystemExit(1)
     cpu = time.process_time()
     outcome = run_engine(app, campaign_id, threads, None)
     print(json.dumps({"cpu": time.process_time() - cpu, "outcome": outcome}), flush=True)
 
 
-def run_processes(database_url: str, sim_url: str, campaign_id: int, processes: int, threads: int):
+def run_processes(
+    database_url: str, sim_url: str, campaign_id: int, processes: int, threads: int, durability: str
+):
     """``processes`` worker processes sharing the campaign; returns (outcome, their CPU seconds)
     and is timed by the caller from the moment every worker was told to go."""
     import os
@@ -181,7 +186,7 @@ def run_processes(database_url: str, sim_url: str, campaign_id: int, processes: 
         subprocess.Popen(  # noqa: S603 - our own module with our own arguments
             [
                 *(sys.executable, "-m", "bench.dispatch", "--child", database_url, sim_url),
-                *(str(campaign_id), "--workers", str(threads)),
+                *(str(campaign_id), "--workers", str(threads), "--durability", durability),
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -193,8 +198,16 @@ def run_processes(database_url: str, sim_url: str, campaign_id: int, processes: 
     ]
     for proc in procs:
         if proc.stdout.readline().strip() != "ready":
+            _kill(procs)
             raise RuntimeError("a worker process did not start")
     return procs
+
+
+def _kill(procs) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def finish_processes(procs) -> tuple[str, float]:
@@ -202,6 +215,7 @@ def finish_processes(procs) -> tuple[str, float]:
     for proc in procs:
         out, _ = proc.communicate(timeout=3600)
         if proc.returncode != 0:
+            _kill(procs)
             raise RuntimeError(f"a worker process failed ({proc.returncode})")
         results.append(json.loads(out.strip().splitlines()[-1]))
     outcomes = ",".join(sorted({o for r in results for o in r["outcome"].split(",")}))
@@ -216,7 +230,7 @@ def main() -> int:
         type=int,
         default=1,
         help="worker processes sharing the campaign (PostgreSQL; as several Celery workers would), "
-        "each running --workers threads",
+        "each running --workers threads (default 1, as a Celery task)",
     )
     p.add_argument(
         "--workers",
@@ -228,15 +242,17 @@ def main() -> int:
     p.add_argument("--profile-engine", metavar="FILE", help="cProfile the engine run (1 worker) to FILE")
     args = p.parse_args()
     n = args.n or PROFILES[args.profile]
-    if args.workers is None:
+    if args.workers is None:  # what each backend gives a campaign: threads, or one per task
         from plugin.config import DEFAULTS
 
-        args.workers = int(DEFAULTS["CAMPAIGN_THREADS"])
+        args.workers = 1 if args.processes > 1 else int(DEFAULTS["CAMPAIGN_THREADS"])
     if args.child:
-        child(args.child[0], args.child[1], int(args.child[2]), args.workers)
+        child(args.child[0], args.child[1], int(args.child[2]), args.workers, args.durability)
         return 0
     if args.processes > 1 and args.db != "postgres":
         p.error("--processes needs --db postgres (workers share a campaign through SKIP LOCKED)")
+    if args.processes > 1 and args.profile_engine:
+        p.error("--profile-engine profiles one runner in this process; leave out --processes")
 
     from plugin.access import ensure_workspace
     from plugin.campaigns import runner
@@ -280,7 +296,9 @@ def main() -> int:
             session.remove()
             procs = None
             if args.processes > 1:
-                procs = run_processes(database.url, sim.url, campaign_id, args.processes, args.workers)
+                procs = run_processes(
+                    database.url, sim.url, campaign_id, args.processes, args.workers, args.durability
+                )
             sim_cpu_before = sim.cpu_seconds()
             with (
                 harness.count_sql(db.engine) as sql,

@@ -51,9 +51,10 @@ def one_of(
     it was parsed in Python and planned by the server on every batch; ``= ANY(array)`` is one
     short statement, cached and prepared like the others.  ``values`` may be left for execution.
     """
+    required = values is None  # left for execution: running without it must fail, not match nothing
     if postgres:
-        return column == any_(bindparam(name, values, type_=ARRAY(element_type)))
-    return column.in_(bindparam(name, values, expanding=True))
+        return column == any_(bindparam(name, values, type_=ARRAY(element_type), required=required))
+    return column.in_(bindparam(name, values, expanding=True, required=required))
 
 
 @functools.lru_cache(maxsize=16)
@@ -84,7 +85,10 @@ def executemany(
     paramstyle = connection.dialect.paramstyle
     if postgres_sql is not None and connection.dialect.name == "postgresql":
         payload = json.dumps(list(rows), default=_json_value, separators=(",", ":"))
-        _cursor(session).execute(for_driver(postgres_sql, paramstyle), (payload,))
+        if connection.dialect.driver == "psycopg":
+            _cursor(connection).execute(for_driver(postgres_sql, paramstyle), (payload,))
+        else:
+            connection.exec_driver_sql(for_driver(postgres_sql, paramstyle), (payload,))
         return
     connection.exec_driver_sql(for_driver(sql, paramstyle), list(rows))
 
@@ -151,46 +155,49 @@ class Hot:
     What SQLAlchemy would have done and this does not, and why it does not matter here: type
     processing (the statements' values are ints, strings, aware datetimes and int lists, which
     psycopg adapts the same way; timestamps come back aware in the connection's time zone
-    rather than UTC, and the runner only compares them) and Python-side column defaults
-    (``onupdate``): a statement whose SQL needs one names it in ``required``, and running it
-    without that value raises, so a missing default cannot pass silently.
+    rather than UTC, and the runner only compares them; a naive datetime is not refused as
+    ``UTCDateTime`` would), Python-side column defaults (``onupdate``: a statement whose SQL
+    needs one names it in ``required``, and running it without that value raises, so a missing
+    default cannot pass silently), autoflush (callers hold no pending ORM changes at these
+    points), and wrapping errors: they arrive as ``psycopg.Error``, not SQLAlchemy's
+    ``DBAPIError`` (the caller's rollback still recovers the connection).
     """
 
     def __init__(self, statement: Any) -> None:
         self.statement = statement
-        self.sql = ""
-        self.defaults: dict[str, Any] = {}
-        self.required: frozenset[str] = frozenset()
-        self._compiled = False
+        self._compiled: tuple[str, dict[str, Any], frozenset[str]] | None = None
 
-    def _compile(self) -> None:
-        """On first use (a host on SQLite never compiles for psycopg)."""
+    def _compile(self) -> tuple[str, dict[str, Any], frozenset[str]]:
+        """On first use (a host on SQLite never compiles for psycopg); built whole before it is
+        published, so threads compiling at once never see half of it."""
         from sqlalchemy.dialects.postgresql import psycopg as pg_psycopg
 
         compiled = self.statement.compile(dialect=pg_psycopg.dialect())
-        self.sql = str(compiled)
-        self.defaults: dict[str, Any] = {}
+        defaults: dict[str, Any] = {}
         required = set()
         for bind, name in compiled.bind_names.items():
             if bind.required or bind.callable is not None:
                 required.add(name)
             else:
-                self.defaults[name] = bind.value
+                defaults[name] = bind.value
         for column in (*compiled.insert_prefetch, *compiled.update_prefetch):
             required.add(column.key)
-            self.defaults.pop(column.key, None)
-        self.required = frozenset(required)
-        self._compiled = True
+            defaults.pop(column.key, None)
+        self._compiled = (str(compiled), defaults, frozenset(required))
+        return self._compiled
 
-    def run(self, session: Session, params: dict[str, Any]) -> Fetched:
-        """Run in the session's transaction (PostgreSQL); rows fetched at once."""
-        if not self._compiled:
-            self._compile()
-        missing = self.required.difference(params)
+    def run(self, session: Session, params: dict[str, Any]) -> Any:
+        """Run in the session's transaction; rows fetched at once.  Through SQLAlchemy (its
+        ``Result`` has the same methods) when the driver is not psycopg 3."""
+        connection = session.connection()
+        if connection.dialect.driver != "psycopg":
+            return session.execute(self.statement, params)
+        sql, defaults, required = self._compiled or self._compile()
+        missing = required.difference(params)
         if missing:
-            raise ValueError(f"hot statement run without {sorted(missing)}: {self.sql[:80]}")
-        cursor = _cursor(session)
-        cursor.execute(self.sql, {**self.defaults, **params} if self.defaults else params)
+            raise ValueError(f"hot statement run without {sorted(missing)}: {sql[:80]}")
+        cursor = _cursor(connection)
+        cursor.execute(sql, {**defaults, **params} if defaults else params)
         rows = cursor.fetchall() if cursor.description is not None else []
         return Fetched(rows, cursor.rowcount)
 
@@ -200,12 +207,12 @@ class Hot:
 DRIVER_STATEMENTS = itertools.count()
 
 
-def _cursor(session: Session) -> Any:
-    """The psycopg cursor kept with the session's connection (inside its transaction); rows as
+def _cursor(connection: Any) -> Any:
+    """The psycopg cursor kept with a session's connection (inside its transaction); rows as
     named tuples, read by attribute like SQLAlchemy's."""
     from psycopg.rows import namedtuple_row
 
-    fairy = session.connection().connection
+    fairy = connection.connection
     next(DRIVER_STATEMENTS)
     cursor = fairy.info.get("mkt_hot_cursor")
     if cursor is None or cursor.closed or cursor.connection is not fairy.driver_connection:

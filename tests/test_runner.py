@@ -512,3 +512,74 @@ def test_reservations_are_settled_to_what_was_accepted(app, session, workspace, 
     )
     _limit, reserved, committed = quota.ledger_totals(session, ledger)
     assert (reserved, committed) == (0, 130)
+
+
+def test_an_unexpected_error_building_a_claimed_batch_frees_it_for_the_next_run(
+    app, session, workspace, setup, tagged_campaign, sim, monkeypatch
+):
+    """The message is built after the claim commits: an unexpected error there leaves a claimed
+    batch, whose lease is freed at once so the next run takes it over (no new claim, no wait
+    for the lease), and every recipient is still sent exactly once."""
+    from plugin.campaigns import rendering
+
+    c = tagged_campaign(150)
+    ctx = _ctx(app)
+    runner.start(session, c.id, ctx)
+    real = rendering.recipient_values
+    calls = {"n": 0}
+
+    def fail_once(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("host directory returned garbage")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(rendering, "recipient_values", fail_once)
+    with pytest.raises(RuntimeError, match="garbage"):
+        runner.run_batch(session, c.id, ctx)
+    session.rollback()
+    (batch,) = session.scalars(select(SendBatch).where(SendBatch.campaign_id == c.id)).all()
+    assert batch.status == "sending"
+    assert batch.lease_until <= dt.datetime.now(dt.UTC), "the lease is freed, not left to run out"
+    assert not _mails_to(sim, setup["api_user"])
+    assert runner.run_campaign(session, c.id, _ctx(app)) == runner.DONE
+    counts = Counter(m.recipient for m in _mails_to(sim, setup["api_user"]))
+    assert len(counts) == 150
+    assert set(counts.values()) == {1}
+    batches = session.scalars(select(SendBatch).where(SendBatch.campaign_id == c.id)).all()
+    assert len(batches) == 2, "the failed batch was taken over, not left behind for a new claim"
+
+
+def test_tracked_links_are_stored_before_the_first_batch_goes_out(app, session, workspace, setup, sim):
+    """The first batch registers the campaign's tracked links; they are committed before the
+    provider call, so a worker killed right after SendCloud accepted the batch leaves links
+    whose ids the delivered mails carry (a click on them resolves)."""
+    from plugin.models import TrackedLink
+
+    template = kit.template(
+        session,
+        workspace.id,
+        html='<p>Hi {name|friend}, <a href="https://shop.example.com/sale">sale</a></p>',
+    )
+    c = kit.tagged_campaign(
+        session, workspace.id, 20, account=setup["account"], template=template, sender=setup["sender"]
+    )
+    c.tracking = True
+    session.commit()
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_send(step):
+        if step == "batch:after_send":
+            raise Crash
+
+    ctx = _ctx(app, on_step=crash_after_send)
+    runner.start(session, c.id, ctx)
+    with pytest.raises(Crash):
+        runner.run_batch(session, c.id, ctx)
+    session.rollback()  # what a dead worker's connection amounts to
+    (mail, *_) = _mails_to(sim, setup["api_user"])
+    links = session.scalars(select(TrackedLink).where(TrackedLink.campaign_id == c.id)).all()
+    assert [link.url for link in links] == ["https://shop.example.com/sale"]
+    assert f"/c/{links[0].id}/" in mail.html, "the delivered mail carries the stored link's id"

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import http.client
+import http.server
 import json
 import logging
 import threading
+import typing
+import urllib.parse
 from decimal import Decimal
 
 import pytest
@@ -393,3 +398,59 @@ def test_the_api_key_never_reaches_the_logs(server, sim, caplog):
         assert KEY not in record.getMessage()
     assert KEY not in repr(provider)
     assert KEY not in repr(provider.client)
+
+
+class _Proxy(http.server.BaseHTTPRequestHandler):
+    """A forward proxy on loopback that wants Basic credentials (as a corporate proxy would)."""
+
+    protocol_version = "HTTP/1.1"
+    seen: typing.ClassVar[list[tuple[str, str | None]]] = []
+
+    def do_POST(self) -> None:
+        auth = self.headers.get("Proxy-Authorization")
+        type(self).seen.append((self.path, auth))
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if auth != "Basic " + base64.b64encode(b"crm@corp:p:w").decode():
+            self.send_response(407)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        target = urllib.parse.urlsplit(self.path)
+        upstream = http.client.HTTPConnection(target.hostname, target.port, timeout=5)
+        headers = {"Content-Type": self.headers["Content-Type"]}
+        upstream.request("POST", target.path, body=body, headers=headers)
+        answer = upstream.getresponse()
+        data = answer.read()
+        self.send_response(answer.status)
+        self.send_header("Content-Type", answer.getheader("Content-Type", "application/json"))
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        upstream.close()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_an_authenticating_proxy_from_the_environment_is_used(server, sim, monkeypatch):
+    """HTTP_PROXY with user:password (percent-encoded) is read once and its credentials sent,
+    as requests did; the call reaches SendCloud through it."""
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Proxy)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    _Proxy.seen.clear()
+    try:
+        monkeypatch.setenv("HTTP_PROXY", f"http://crm%40corp:p%3Aw@127.0.0.1:{proxy.server_port}")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        client = SendCloudClient(USER, KEY, base_url=server.url, timeout=5)
+        try:
+            assert client.userinfo().daily_quota == 1000
+        finally:
+            client.close()
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+    assert len(_Proxy.seen) == 1
+    path, auth = _Proxy.seen[0]
+    assert path == f"{server.url}/userinfo/get"
+    assert auth == "Basic " + base64.b64encode(b"crm@corp:p:w").decode()

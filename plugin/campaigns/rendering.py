@@ -243,9 +243,7 @@ def binding_for(key: str, fallback: str | None, *, html: bool) -> Binding:
     if key == UNSUBSCRIBE:
         return Binding("unsubscribe", UNSUBSCRIBE)
     if key in ("date", "random_number"):
-        # Digits and dashes, never empty: escaping changes nothing, so the HTML and text parts
-        # share one placeholder (one column less per recipient in every SendCloud request).
-        return Binding(key, key, fb, False)  # type: ignore[arg-type]
+        return Binding(key, key, fb, html)  # type: ignore[arg-type]
     return Binding("custom", key, fb, html)
 
 

@@ -572,15 +572,45 @@ def _run_batch(session: Session, campaign_id: int, ctx: RunContext) -> str:
     if claimed == SKIPPED_ALL:  # every claimed address was suppressed since the freeze: go on
         return SENT
     batch, members = claimed
-    contacts = _batch_contacts(session, facts, members, ctx)
+    try:
+        contacts = _batch_contacts(session, facts, members, ctx)
+    except InvalidInput as exc:  # in the claim's transaction: fails the batch with it
+        return _fail_batch(session, facts, batch, members, str(exc), ctx, now, permanent=True)
     session.commit()
     ctx.step("batch:claimed")
     try:  # no statement here once the campaign's content is cached in ``ctx``
         message = _build_message(session, facts, account_facts, batch, members, ctx, now, contacts)
-    except InvalidInput as exc:
-        session.rollback()
+    except InvalidInput as exc:  # committed with the failure: a first batch's registered links too
         return _fail_batch(session, facts, batch, members, str(exc), ctx, now, permanent=True)
+    except Exception:
+        # Unexpected: the batch is claimed and committed.  Free its lease so the next run takes
+        # it over at once (and meets the same error there) instead of claiming another batch.
+        session.rollback()
+        _free_lease(session, batch.id, now)
+        raise
+    if _in_transaction(session):  # a first batch registered its tracked links: store them
+        session.commit()  # before any mail carries their ids
     return _send(session, facts, account_facts, batch, ctx, now, prepared=(members, message))
+
+
+def _in_transaction(session: Session) -> bool:
+    """Whether a statement ran since the last commit (a ``scoped_session`` asks its session)."""
+    real = session if isinstance(session, Session) else session()  # type: ignore[operator]
+    return real.in_transaction()
+
+
+def _free_lease(session: Session, batch_id: int, now: dt.datetime) -> None:
+    try:
+        session.execute(
+            update(SendBatch)
+            .where(SendBatch.id == batch_id)
+            .values(lease_until=now)
+            .execution_options(synchronize_session=False)
+        )
+        session.commit()
+    except Exception:  # the original error is the one to report
+        session.rollback()
+        log.warning("could not free the lease of batch %s", batch_id, exc_info=True)
 
 
 def _has_pending(session: Session, campaign_id: int) -> bool:
