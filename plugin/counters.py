@@ -94,20 +94,27 @@ def bump(
         return
     bucket = hour_bucket(at)
     rows = [
-        {
-            "workspace_id": workspace_id,
-            "campaign_id": campaign_id,
-            "metric": metric,
-            "dimension": dimension,
-            "key": key,
-            "bucket": bucket,
-            "count": n,
-        }
+        _cell(workspace_id, campaign_id, metric, dimension, key, bucket, n)
         for dimension, key in cells(
             template_id=template_id, sender_id=sender_id, domain=domain, link_id=link_id
         )
     ]
     add_rows(session, rows)
+
+
+def _cell(
+    workspace_id: int, campaign_id: int, metric: str, dimension: str, key: str, bucket: dt.datetime, n: int
+) -> dict:
+    """One prepared cell of ``add_rows``."""
+    return {
+        "workspace_id": workspace_id,
+        "campaign_id": campaign_id,
+        "metric": metric,
+        "dimension": dimension,
+        "key": key,
+        "bucket": bucket,
+        "count": n,
+    }
 
 
 def add_rows(session: Session, rows: Iterable[dict]) -> None:
@@ -183,28 +190,14 @@ def send_rows(
     totals = {"submitted": sum(submitted.values()), "sent": sum(sent.values())}
     common = cells(template_id=template_id, sender_id=sender_id)
     rows: list[dict] = []
-
-    def add(metric: str, dimension: str, key: str, n: int) -> None:
-        rows.append(
-            {
-                "workspace_id": workspace_id,
-                "campaign_id": campaign_id,
-                "metric": metric,
-                "dimension": dimension,
-                "key": key,
-                "bucket": bucket,
-                "count": n,
-            }
-        )
-
     for metric, by_domain in (("submitted", submitted), ("sent", sent)):
         if not totals[metric]:
             continue
         for dimension, key in common:
-            add(metric, dimension, key, totals[metric])
+            rows.append(_cell(workspace_id, campaign_id, metric, dimension, key, bucket, totals[metric]))
         for domain, n in by_domain.items():
             if domain:
-                add(metric, "domain", domain, n)
+                rows.append(_cell(workspace_id, campaign_id, metric, "domain", domain, bucket, n))
     return rows
 
 

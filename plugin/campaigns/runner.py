@@ -599,15 +599,20 @@ def _in_transaction(session: Session) -> bool:
     return real.in_transaction()
 
 
+def _end_lease(session: Session, batch_id: int, now: dt.datetime) -> None:
+    """The batch may be taken over from ``now`` on (commits)."""
+    session.execute(
+        update(SendBatch)
+        .where(SendBatch.id == batch_id)
+        .values(lease_until=now)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+
+
 def _free_lease(session: Session, batch_id: int, now: dt.datetime) -> None:
     try:
-        session.execute(
-            update(SendBatch)
-            .where(SendBatch.id == batch_id)
-            .values(lease_until=now)
-            .execution_options(synchronize_session=False)
-        )
-        session.commit()
+        _end_lease(session, batch_id, now)
     except Exception:  # the original error is the one to report
         session.rollback()
         log.warning("could not free the lease of batch %s", batch_id, exc_info=True)
@@ -975,13 +980,7 @@ def _take_over_stale_batch(
         session, campaign, account, ctx, reservation_id, cap_reservation_id, members, now
     )
     if isinstance(grant, quota.Blocked):
-        session.execute(
-            update(SendBatch)
-            .where(SendBatch.id == batch_id)
-            .values(lease_until=now)
-            .execution_options(synchronize_session=False)
-        )
-        session.commit()
+        _end_lease(session, batch_id, now)
         fresh = _campaign(session, campaign.id)
         if fresh is not None and fresh.status == lifecycle.RUNNING:
             _pause(
