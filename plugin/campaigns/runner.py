@@ -476,13 +476,6 @@ _BATCH_FACTS_HOT = bulk_sql.Hot(_BATCH_FACTS)
 _CampaignLike = Campaign | _CampaignFacts
 
 
-def _execute(session: Session, statement: Any, hot: bulk_sql.Hot, params: dict[str, Any]) -> Any:
-    """``statement`` through SQLAlchemy on SQLite, its ``hot`` form on PostgreSQL."""
-    if _is_postgres(session):
-        return hot.run(session, params)
-    return session.execute(statement, params)
-
-
 def _provider(session: Session, ctx: RunContext, account: _AccountFacts) -> Provider:
     """The context's provider for the account; the ORM row is loaded only to build a new one."""
     provider = ctx._providers.get((account.id, "batch"))
@@ -504,7 +497,7 @@ def run_batch(session: Session, campaign_id: int, ctx: RunContext) -> str:
 
 def _run_batch(session: Session, campaign_id: int, ctx: RunContext) -> str:
     now = ctx.clock()
-    row = _execute(session, _BATCH_FACTS, _BATCH_FACTS_HOT, {"cid": campaign_id}).first()
+    row = _BATCH_FACTS_HOT.run(session, {"cid": campaign_id}).first()
     if row is None or row.status != lifecycle.RUNNING:
         session.rollback()
         return IDLE
@@ -805,8 +798,8 @@ def _pending_query(template_id: int | None, sender_id: int | None, limit: int, p
 
 
 @functools.lru_cache(maxsize=256)
-def _pending_hot(template_id: int | None, sender_id: int | None, limit: int) -> bulk_sql.Hot:
-    return bulk_sql.Hot(_pending_query(template_id, sender_id, limit, True))
+def _pending_hot(template_id: int | None, sender_id: int | None, limit: int, postgres: bool) -> bulk_sql.Hot:
+    return bulk_sql.Hot(_pending_query(template_id, sender_id, limit, postgres))
 
 
 def _claim_rows(
@@ -817,9 +810,7 @@ def _claim_rows(
     postgres: bool,
     params: dict[str, Any],
 ) -> Sequence[Any]:
-    if postgres:
-        return _pending_hot(template_id, sender_id, limit).run(session, params).all()
-    return session.execute(_pending_query(template_id, sender_id, limit, False), params).all()
+    return _pending_hot(template_id, sender_id, limit, postgres).run(session, params).all()
 
 
 _FIRST_PENDING = (
