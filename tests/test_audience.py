@@ -264,9 +264,14 @@ def test_counts_and_freeze_match_the_model(session, workspace, data):
     assert all(r.email == contacts[r.contact_id]["email"].lower() for r in rows)
     assert campaign.total == expected.counts.final
     assert campaign.skipped == expected.counts.suppressed + expected.counts.invalid
-    # Balanced: ordinary addresses are numbered in contact order and take templates and senders
+    # Balanced: ordinary addresses are numbered in email order and take templates and senders
     # in turn; odd ones (checked by the validator after the insert) are numbered among themselves.
-    plain = [r for r in rows if r.status == "pending" and contacts[r.contact_id]["kind"] == "good"]
+    # Recipient ids (the sending order) follow the same order.
+    plain = sorted(
+        (r for r in rows if r.status == "pending" and contacts[r.contact_id]["kind"] == "good"),
+        key=lambda r: r.email,
+    )
+    assert [r.id for r in plain] == sorted(r.id for r in plain)
     assert [r.template_id for r in plain] == [templates[i % 3] for i in range(len(plain))]
     assert [r.sender_id for r in plain] == [[7, 8][i % 2] for i in range(len(plain))]
     assert all(r.template_id in templates and r.sender_id in (7, 8) for r in rows)

@@ -350,10 +350,15 @@ def _build_own(session: Session, directory: SqlDirectory, workspace_id: int, spe
     freeze.  Here every contact row is read once and classified on the spot:
 
     * tags are id sets from ``marketing_contact_tags`` (``tag_id IN (...)``, the tags' workspace
-      checked once up front).  PostgreSQL joins them with ``LEFT JOIN`` to the grouped set (a hash
-      join, which spills to disk gracefully; ``id IN (subquery) OR ...`` becomes a per-row rescan
-      when the hashed set does not fit ``work_mem``, the pathology of DESIGN §5).  SQLite builds
-      an ephemeral index for ``id IN (subquery)`` once and probes it per row, its best plan.
+      checked once up front).  PostgreSQL gets a correlated ``EXISTS`` per tag set, which it plans
+      as an alternative: one hashed set of the members when it fits the hash memory (``prepare``
+      gives the transaction 64 MB, about two million ids), a probe of the tags' primary key per
+      contact otherwise (slower, the 3.8 s row of reference/performance.md §2.6, but linear).
+      Never ``id IN (subquery) OR ...``: when its set does not fit, that one rescans the whole
+      set for every contact, the pathology of DESIGN §5.  Measured at 1 M contacts: 0.35 s less
+      than a ``LEFT JOIN`` to the grouped members, whose hash probes (one per contact into a
+      table of 400,000) were a fifth of the audience query.  SQLite builds an ephemeral index
+      for ``id IN (subquery)`` once and probes it per row, its best plan.
     * views are their compiled condition on the same row; an exclusion view is wrapped in
       ``CASE`` so that a NULL (``company LIKE ...`` with no company) means "not excluded".
     * the lower-cased email is computed once in a fenced subquery (``OFFSET 0``): PostgreSQL would
@@ -362,22 +367,17 @@ def _build_own(session: Session, directory: SqlDirectory, workspace_id: int, spe
     """
     dialect = prepare(session)
     c = Contact.__table__
-    source: Any = c
 
-    def tag_member(
-        tag_ids: Sequence[int], name: str
-    ) -> tuple[ColumnElement[bool], ColumnElement[bool]] | None:
+    def tag_member(tag_ids: Sequence[int]) -> tuple[ColumnElement[bool], ColumnElement[bool]] | None:
         """(member, not member) conditions for the union of ``tag_ids``; never NULL."""
-        nonlocal source
         tag_ids = directory.own_tags(session, workspace_id, tag_ids)
         if not tag_ids:
             return None
-        ids = select(ContactTag.contact_id).where(ContactTag.tag_id.in_(tag_ids))
         if dialect != "postgresql":
+            ids = select(ContactTag.contact_id).where(ContactTag.tag_id.in_(tag_ids))
             return c.c.id.in_(ids), c.c.id.not_in(ids)
-        found = ids.group_by(ContactTag.contact_id).subquery(name)
-        source = source.outerjoin(found, found.c.contact_id == c.c.id)
-        return found.c.contact_id.is_not(None), found.c.contact_id.is_(None)
+        member = exists().where(ContactTag.contact_id == c.c.id, ContactTag.tag_id.in_(tag_ids)).correlate(c)
+        return member, ~member
 
     def views(view_ids: Sequence[int]) -> list[ColumnElement[bool]]:
         return [
@@ -385,8 +385,8 @@ def _build_own(session: Session, directory: SqlDirectory, workspace_id: int, spe
             for v in dict.fromkeys(view_ids)
         ]
 
-    inc_tags = tag_member(spec.include_tags, "inc_tags")
-    exc_tags = tag_member(spec.exclude_tags, "exc_tags")
+    inc_tags = tag_member(spec.include_tags)
+    exc_tags = tag_member(spec.exclude_tags)
     exc_views = views(spec.exclude_views)
     included = or_(*([inc_tags[0]] if inc_tags else []), *views(spec.include_views))
     exc = [*([exc_tags[0]] if exc_tags else []), *exc_views]
@@ -398,18 +398,18 @@ def _build_own(session: Session, directory: SqlDirectory, workspace_id: int, spe
 
     flagged = (
         select(c.c.id.label("cid"), func.lower(c.c.email).label("email"), ex.label("ex"))
-        .select_from(source)
+        .select_from(c)
         .where(*scope)
         .offset(0)
         .subquery("aud")
     )
     kept = (
         select(c.c.id.label("cid"), func.lower(c.c.email).label("email"))
-        .select_from(source)
+        .select_from(c)
         .where(*scope, *not_excluded)
         .offset(0)
     )
-    totals = select(func.count(), func.count(case((ex == 1, 1))) if exc else literal(0)).select_from(source)
+    totals = select(func.count(), func.count(case((ex == 1, 1))) if exc else literal(0)).select_from(c)
     return _Queries(
         dialect=dialect, workspace_id=workspace_id, flagged=flagged, kept=kept, totals=totals.where(*scope)
     )
@@ -625,7 +625,11 @@ def _insert_statement(q: _Queries, spec: AudienceSpec, campaign: Campaign) -> An
     classified = (
         select(win.c.cid, win.c.email, klass.label("klass")).select_from(joined).offset(0).subquery("cls")
     )
-    rn = func.row_number().over(partition_by=classified.c.klass, order_by=classified.c.cid) - 1
+    # Numbered (for the balanced rotation) and inserted in email order: the rows then reach the
+    # ``(campaign_id, email)`` unique index in its own order, appended at its right edge instead
+    # of split in at random places (measured: 0.1-0.2 s less at 320,000 rows on PostgreSQL).
+    # Recipient ids, and so the sending order, follow the same order.
+    rn = func.row_number().over(partition_by=classified.c.klass, order_by=classified.c.email) - 1
     rows = select(classified.c.cid, classified.c.email, classified.c.klass, rn.label("rn")).subquery("rows")
     template_ids = [int(t) for t in campaign.template_ids or ()]
     sender_ids = [int(s) for s in campaign.sender_ids or ()]

@@ -48,13 +48,14 @@ class Tag(WorkspaceScoped, Timestamped, Base):
 
 class ContactTag(Base):
     __tablename__ = "marketing_contact_tags"
+    # Tag first for "who carries these tags"; the contact id makes it answer that from the index
+    # alone (audience freezes and counts, migration 0006).
+    __table_args__ = (Index("ix_marketing_contact_tags_tag_id_contact_id", "tag_id", "contact_id"),)
 
     contact_id: Mapped[int] = mapped_column(
         BigId, ForeignKey("marketing_contacts.id", ondelete="CASCADE"), primary_key=True
     )
-    tag_id: Mapped[int] = mapped_column(
-        ForeignKey("marketing_tags.id", ondelete="CASCADE"), primary_key=True, index=True
-    )
+    tag_id: Mapped[int] = mapped_column(ForeignKey("marketing_tags.id", ondelete="CASCADE"), primary_key=True)
 
 
 class SavedView(WorkspaceScoped, Timestamped, Base):
