@@ -576,7 +576,10 @@ ADDRESS_ALPHABET = "abz09._+-@'!\"() ,é中"
     local=st.text(ADDRESS_ALPHABET, min_size=0, max_size=8),
     labels=st.lists(st.text("abz09-_.", min_size=0, max_size=6), min_size=0, max_size=3),
     tld=st.sampled_from(
-        ["com", "cn", "c", "c1", "12", "test", "local", "arpa", "xn--fiqs8s", "", "com-", "co.uk"]
+        [
+            *("com", "cn", "c", "c1", "12", "xn--fiqs8s", "", "com-", "co.uk", "testing"),
+            *("test", "local", "arpa", "localhost", "onion", "invalid", "localhost.cn"),
+        ]
     ),
 )
 def test_sql_shape_accepts_only_valid_addresses(session, local, labels, tld):
@@ -593,3 +596,9 @@ def test_sql_shape_accepts_ordinary_addresses(session):
     dialect = prepare(session)
     for email in ["li.wei@qq.com", "a+b@163.com", "x_y@mail.example.cn", "n-1@126.com", "sales@vip.sina.com"]:
         assert session.scalar(select(surely_valid(literal(email), dialect))), email
+    # Special-use TLDs are never "surely valid" (the validator refuses them), other TLDs that
+    # merely start or end like one are.
+    for tld in ("arpa", "invalid", "local", "localhost", "onion", "test"):
+        assert not session.scalar(select(surely_valid(literal(f"who@mail.{tld}"), dialect))), tld
+    for tld in ("tested", "cn", "locals"):
+        assert session.scalar(select(surely_valid(literal(f"who@test.{tld}"), dialect))), tld
