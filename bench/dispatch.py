@@ -105,6 +105,8 @@ def run_floor(sim: harness.SimulatorProcess, api_user: str, bodies: list[dict], 
             body = json.loads(response.data)
             if body.get("result") is not True:
                 raise RuntimeError(f"the simulator refused a floor batch: {body}")
+            if response.headers.get("Connection", "").lower() == "close":
+                raise RuntimeError("the simulator closed the connection: the floor would not be keep-alive")
             recipients += len(body["info"]["emailIdList"])
     pool.close()
     sim_cpu = sim.cpu_seconds() - sim_cpu

@@ -15,16 +15,15 @@ quota; ``GET /_bench/stats?apiUser=...`` returns ``{"mails", "unique", "calls"}`
 from __future__ import annotations
 
 import json
-import socket
 import sys
 import threading
 from decimal import Decimal
 from typing import Any
 
 from flask import Response, request
-from werkzeug.serving import make_server
+from waitress.server import create_server
 
-from plugin.sandbox.sendcloud import DeliveredMail, SendCloudSimulator, _QuietHandler
+from plugin.sandbox.sendcloud import DeliveredMail, SendCloudSimulator
 
 
 class CountingSimulator(SendCloudSimulator):
@@ -61,32 +60,21 @@ class CountingSimulator(SendCloudSimulator):
         return Response(json.dumps(body), mimetype="application/json")
 
 
-class _NoDelayHandler(_QuietHandler):
-    """Answers without Nagle's delay.
-
-    werkzeug writes the status line and headers, then the body, in two ``send`` calls; with
-    Nagle on, the body waits for the client's delayed ACK of the headers, about 40 ms on Linux,
-    on every keep-alive call.  That would make both the engine and the floor measure the TCP
-    stack's timer instead of the work (real HTTP servers set TCP_NODELAY).
-    """
-
-    def setup(self) -> None:
-        super().setup()
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
 def main() -> None:
     simulator = CountingSimulator()
-    server = make_server("127.0.0.1", 0, simulator.app, threaded=True, request_handler=_NoDelayHandler)
-    root = f"http://127.0.0.1:{server.server_port}"
-    thread = threading.Thread(target=lambda: server.serve_forever(poll_interval=0.05), daemon=True)
+    # waitress, not werkzeug's development server: the floor is defined as a bare loop over one
+    # keep-alive connection, and werkzeug answers every request with "Connection: close" (each
+    # call then paid a TCP connect and a new server thread, engine and floor alike).  waitress
+    # keeps connections open and sets TCP_NODELAY (no 40 ms wait for a delayed ACK per call).
+    server = create_server(simulator.app, host="127.0.0.1", port=0, threads=4, ident="simulator")
+    root = f"http://127.0.0.1:{server.effective_port}"  # type: ignore[union-attr]
+    thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     print(json.dumps({"url": f"{root}/apiv2", "root": root}), flush=True)
     done = threading.Event()
     threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
     done.wait()
-    server.shutdown()
-    server.server_close()
+    server.close()
     simulator.close()
 
 
