@@ -266,10 +266,16 @@ def test_counts_and_freeze_match_the_model(session, workspace, data):
     assert campaign.skipped == expected.counts.suppressed + expected.counts.invalid
     # Balanced: ordinary addresses are numbered in email order and take templates and senders
     # in turn; odd ones (checked by the validator after the insert) are numbered among themselves.
-    # Recipient ids (the sending order) follow the same order.
+    # Recipient ids (the sending order) follow the same order: the database's, by its collation.
+    by_email = session.scalars(
+        select(CampaignRecipient.id)
+        .where(CampaignRecipient.campaign_id == campaign.id, CampaignRecipient.status == "pending")
+        .order_by(CampaignRecipient.email)
+    ).all()
+    place = {rid: n for n, rid in enumerate(by_email)}
     plain = sorted(
         (r for r in rows if r.status == "pending" and contacts[r.contact_id]["kind"] == "good"),
-        key=lambda r: r.email,
+        key=lambda r: place[r.id],
     )
     assert [r.id for r in plain] == sorted(r.id for r in plain)
     assert [r.template_id for r in plain] == [templates[i % 3] for i in range(len(plain))]
