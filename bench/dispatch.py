@@ -100,14 +100,20 @@ def run_floor(sim: harness.SimulatorProcess, api_user: str, bodies: list[dict], 
     recipients = 0
     sim_cpu = sim.cpu_seconds()
     with harness.Stopwatch() as watch:
+        ports = set()  # local TCP ports used: one if the connection was kept alive throughout
         for data in forms:
-            response = pool.request("POST", url.path, body=data, headers=headers, timeout=30)
-            body = json.loads(response.data)
+            response = pool.request(
+                "POST", url.path, body=data, headers=headers, timeout=30, preload_content=False
+            )
+            sock = response.connection.sock if response.connection is not None else None
+            ports.add(sock.getsockname()[1] if sock is not None else None)
+            body = json.loads(response.read())
+            response.release_conn()
             if body.get("result") is not True:
                 raise RuntimeError(f"the simulator refused a floor batch: {body}")
-            if response.headers.get("Connection", "").lower() == "close":
-                raise RuntimeError("the simulator closed the connection: the floor would not be keep-alive")
             recipients += len(body["info"]["emailIdList"])
+    if len(ports) != 1 or None in ports:  # urllib3 reconnects silently when the server closes
+        raise RuntimeError("the simulator closed connections: the floor was not one keep-alive loop")
     pool.close()
     sim_cpu = sim.cpu_seconds() - sim_cpu
     rate = recipients / watch.seconds

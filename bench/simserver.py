@@ -66,7 +66,9 @@ def main() -> None:
     # keep-alive connection, and werkzeug answers every request with "Connection: close" (each
     # call then paid a TCP connect and a new server thread, engine and floor alike).  waitress
     # keeps connections open and sets TCP_NODELAY (no 40 ms wait for a delayed ACK per call).
-    server = create_server(simulator.app, host="127.0.0.1", port=0, threads=4, ident="simulator")
+    # Threads: more than the engine ever keeps connections open (--processes x --workers), so no
+    # call waits in waitress's queue for a free thread while the floor's never does.
+    server = create_server(simulator.app, host="127.0.0.1", port=0, threads=32, ident="simulator")
     root = f"http://127.0.0.1:{server.effective_port}"  # type: ignore[union-attr]
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -74,6 +76,7 @@ def main() -> None:
     done = threading.Event()
     threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
     done.wait()
+    server.task_dispatcher.shutdown()  # type: ignore[union-attr]  # lets calls in flight finish
     server.close()
     simulator.close()
 
