@@ -315,13 +315,17 @@ def show_plans(engine: sa.Engine, directory: SqlDirectory, setup: Setup, spec: A
             statement = audience._counting_insert(q, spec, campaign)  # what freeze runs there
         else:
             statement = audience._insert_statement(q, spec, campaign)
-        sql = str(statement.compile(engine, compile_kwargs={"literal_binds": True}))
+        compiled = statement.compile(engine, compile_kwargs={"literal_binds": True})
+        sql = str(compiled)
+        # SQLite renders OFFSET without LIMIT as ``LIMIT ? OFFSET n`` even with literal binds.
+        leftover = tuple(compiled.params[name] for name in compiled.positiontup or ())
         session.execute(sa.delete(CampaignRecipient))
         conn = session.connection()
         if engine.dialect.name == "postgresql":
             plan = [r[0] for r in conn.exec_driver_sql("EXPLAIN (ANALYZE, BUFFERS) " + sql)]
         else:
-            plan = [" | ".join(map(str, r)) for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql)]
+            rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, leftover)
+            plan = [" | ".join(map(str, r)) for r in rows]
         session.rollback()
     say("  plan of the INSERT ... SELECT:")
     for line in plan:

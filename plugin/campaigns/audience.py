@@ -648,8 +648,9 @@ def _insert_statement(q: _Queries, spec: AudienceSpec, campaign: Campaign) -> An
     # Numbered (for the balanced rotation) and inserted in email order: the rows then reach the
     # ``(campaign_id, email)`` unique index in its own order, appended at its right edge instead
     # of split in at random places (measured: 0.1-0.2 s less at 320,000 rows on PostgreSQL).
-    # Recipient ids, and so the sending order, follow the same order (pending rows first).  The
-    # ``ORDER BY`` below says so; the window has sorted the rows that way already.
+    # Recipient ids, and so the sending order, follow the same order (pending rows first).  On
+    # PostgreSQL the ``ORDER BY`` below says so and costs nothing (the window's sort provides
+    # it); SQLite would sort a second time, and inserts the window's output in its order anyway.
     rn = func.row_number().over(partition_by=classified.c.klass, order_by=classified.c.email) - 1
     rows = select(classified.c.cid, classified.c.email, classified.c.klass, rn.label("rn")).subquery("rows")
     template_ids = [int(t) for t in campaign.template_ids or ()]
@@ -674,7 +675,9 @@ def _insert_statement(q: _Queries, spec: AudienceSpec, campaign: Campaign) -> An
         _pick(sender_slot, sender_ids),
         status,
         reason,
-    ).order_by(rows.c.klass, rows.c.email)
+    )
+    if q.dialect == "postgresql":
+        source = source.order_by(rows.c.klass, rows.c.email)
     t = CampaignRecipient.__table__
     return t.insert().from_select(
         [
