@@ -85,7 +85,7 @@ def executemany(
     paramstyle = connection.dialect.paramstyle
     if postgres_sql is not None and connection.dialect.name == "postgresql":
         payload = json.dumps(list(rows), default=_json_value, separators=(",", ":"))
-        if connection.dialect.driver == "psycopg":
+        if _on_psycopg(connection):
             _cursor(connection).execute(for_driver(postgres_sql, paramstyle), (payload,))
         else:
             connection.exec_driver_sql(for_driver(postgres_sql, paramstyle), (payload,))
@@ -145,7 +145,8 @@ class Fetched:
 
 class Hot:
     """A statement the runner runs for every batch, compiled once for psycopg and run straight
-    on the session's driver connection (PostgreSQL only; callers keep SQLAlchemy for SQLite).
+    on the session's driver connection; on any other driver (SQLite, another PostgreSQL
+    driver) ``run`` hands it to SQLAlchemy, so one call serves both databases.
 
     Why: SQLAlchemy's execution layer (compiled-cache lookup, execution context, parameter and
     result processing, ``Row`` objects) costs ~120 µs of CPU per statement on top of psycopg's
@@ -190,7 +191,7 @@ class Hot:
         """Run in the session's transaction; rows fetched at once.  Through SQLAlchemy (its
         ``Result`` has the same methods) when the driver is not psycopg 3."""
         connection = session.connection()
-        if connection.dialect.driver != "psycopg":
+        if not _on_psycopg(connection):
             return session.execute(self.statement, params)
         sql, defaults, required = self._compiled or self._compile()
         missing = required.difference(params)
@@ -200,6 +201,11 @@ class Hot:
         cursor.execute(sql, {**defaults, **params} if defaults else params)
         rows = cursor.fetchall() if cursor.description is not None else []
         return Fetched(rows, cursor.rowcount)
+
+
+def _on_psycopg(connection: Any) -> bool:
+    """Whether statements may go straight to the driver (psycopg 3, this module's cursor)."""
+    return bool(connection.dialect.driver == "psycopg")
 
 
 #: Statements run by this module past SQLAlchemy (its events do not see them; benchmarks

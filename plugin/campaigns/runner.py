@@ -657,19 +657,16 @@ def _claim(
     is the gate's (ledger row, then campaign row), the same as recording's (settle, then counters).
     """
     postgres = _is_postgres(session)
-    if postgres:
-        seq = _NEXT_SEQ_HOT.run(session, {"cid": campaign.id, "updated_at": utcnow()}).scalar_one() - 1
-    else:
-        seq = session.execute(_NEXT_SEQ, {"cid": campaign.id}).scalar_one() - 1
+    seq = _NEXT_SEQ_HOT.run(session, {"cid": campaign.id, "updated_at": utcnow()}).scalar_one() - 1
     rows: Sequence[Any] = ()
     if campaign.single_content is not None:  # one template and sender: no need to ask which
         template_id, sender_id = campaign.single_content
+        pending = _pending_hot(template_id, sender_id, grant.amount, postgres)
         after = ctx._claimed_up_to.get(campaign.id, 0)
         params = {"cid": campaign.id, "ws": campaign.workspace_id, "after": after}
-        content = (template_id, sender_id, grant.amount, postgres)
-        rows = _claim_rows(session, *content, params)
+        rows = pending.run(session, params).all()
         if len(rows) < grant.amount and after:  # ran short: rows sent back to the queue lie below
-            rows = _claim_rows(session, *content, {**params, "after": 0})
+            rows = pending.run(session, {**params, "after": 0}).all()
         if rows:
             ctx._claimed_up_to[campaign.id] = max(after, rows[-1].id)
     if not rows:
@@ -678,13 +675,10 @@ def _claim(
             session.rollback()
             return None
         template_id, sender_id = first
-        rows = _claim_rows(
-            session,
-            template_id,
-            sender_id,
-            grant.amount,
-            postgres,
-            {"cid": campaign.id, "ws": campaign.workspace_id, "after": 0},
+        rows = (
+            _pending_hot(template_id, sender_id, grant.amount, postgres)
+            .run(session, {"cid": campaign.id, "ws": campaign.workspace_id, "after": 0})
+            .all()
         )
     if not rows:
         session.rollback()
@@ -751,7 +745,9 @@ _NEXT_SEQ = (
     .values(next_seq=Campaign.__table__.c.next_seq + 1)
     .returning(Campaign.__table__.c.next_seq)
 )
-_NEXT_SEQ_HOT = bulk_sql.Hot(_NEXT_SEQ)  # ``updated_at`` (the column's onupdate) passed by hand
+#: ``updated_at`` (the column's onupdate) passed by hand, on both databases: the driver path
+#: would not fill it, and through SQLAlchemy a given value replaces the onupdate.
+_NEXT_SEQ_HOT = bulk_sql.Hot(_NEXT_SEQ)
 
 
 @functools.lru_cache(maxsize=256)  # statements are immutable: built once per content
@@ -800,17 +796,6 @@ def _pending_query(template_id: int | None, sender_id: int | None, limit: int, p
 @functools.lru_cache(maxsize=256)
 def _pending_hot(template_id: int | None, sender_id: int | None, limit: int, postgres: bool) -> bulk_sql.Hot:
     return bulk_sql.Hot(_pending_query(template_id, sender_id, limit, postgres))
-
-
-def _claim_rows(
-    session: Session,
-    template_id: int | None,
-    sender_id: int | None,
-    limit: int,
-    postgres: bool,
-    params: dict[str, Any],
-) -> Sequence[Any]:
-    return _pending_hot(template_id, sender_id, limit, postgres).run(session, params).all()
 
 
 _FIRST_PENDING = (
