@@ -102,7 +102,11 @@ def _json_value(value: Any) -> Any:
 def to_db(session: Session, column: Column[Any]) -> Callable[[Any], Any]:
     """The conversion the column's type applies to a value on its way to the driver (e.g. an
     aware UTC timestamp to SQLite's text); get it once, apply it per value."""
-    processor = column.type.bind_processor(session.get_bind().dialect)
+    dialect = session.get_bind().dialect
+    # The dialect's own type (SQLite's DATETIME formats text with microseconds): the generic
+    # type's processor would hand sqlite3 a datetime, which it writes without them when they
+    # are zero, and text compares ``12:00:00`` below ``12:00:00.000000``.
+    processor = column.type.dialect_impl(dialect).bind_processor(dialect)
     return processor if processor is not None else _unchanged
 
 

@@ -37,3 +37,52 @@ def test_downgrade_and_upgrade_round_trip(app_config):
     assert "marketing_contacts" not in sa.inspect(engine).get_table_names()
     migrate.upgrade(engine)
     assert "marketing_campaign_recipients" in sa.inspect(engine).get_table_names()
+
+
+def test_sqlite_timestamps_written_without_microseconds_are_rewritten(app_config):
+    """0007: counters' hours and send times in the short text form (older bulk writes) take
+    SQLAlchemy's form, so whole-hour ranges compare right; other values stay as they were."""
+    engine = sa.create_engine("sqlite://")
+    migrate.upgrade(engine, "0006")
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                'INSERT INTO marketing_workspaces (id, "key", name, timezone, created_at) '
+                "VALUES (1, 'w', 'W', 'Asia/Shanghai', '2024-03-01 00:00:00.000000')"
+            )
+        )
+        cells = [("2024-03-01 16:00:00", 5), ("2024-03-01 17:00:00.000000", 7)]
+        for n, (bucket, count) in enumerate(cells, start=1):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO marketing_stat_counters (id, workspace_id, campaign_id, metric, dimension, "
+                    "\"key\", bucket, count) VALUES (:id, 1, 9, 'sent', 'all', '', :bucket, :count)"
+                ),
+                {"id": n, "bucket": bucket, "count": count},
+            )
+        for n, sent_at in enumerate(["2024-03-01 16:00:00", "2024-03-01 16:00:01.250000", None], start=1):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO marketing_campaign_recipients (id, workspace_id, campaign_id, email, "
+                    "status, possible_duplicate, attempts, soft_bounces, sent_at) "
+                    "VALUES (:id, 1, 9, :email, 'accepted', 0, 1, 0, :sent_at)"
+                ),
+                {"id": n, "email": f"r{n}@example.com", "sent_at": sent_at},
+            )
+    migrate.upgrade(engine)
+    with engine.connect() as conn:
+        buckets = (
+            conn.execute(sa.text("SELECT bucket FROM marketing_stat_counters ORDER BY id")).scalars().all()
+        )
+        sent = (
+            conn.execute(sa.text("SELECT sent_at FROM marketing_campaign_recipients ORDER BY id"))
+            .scalars()
+            .all()
+        )
+        in_range = conn.execute(
+            sa.text("SELECT sum(count) FROM marketing_stat_counters WHERE bucket >= :since"),
+            {"since": "2024-03-01 16:00:00.000000"},
+        ).scalar_one()
+    assert buckets == ["2024-03-01 16:00:00.000000", "2024-03-01 17:00:00.000000"]
+    assert sent == ["2024-03-01 16:00:00.000000", "2024-03-01 16:00:01.250000", None]
+    assert in_range == 12

@@ -235,6 +235,23 @@ def test_account_table_per_day_over_campaigns_and_trigger_mail(session, workspac
     assert utc_days[0].total == 150  # both campaigns on 1 March in UTC
 
 
+def test_the_first_hour_of_a_day_counts_in_that_day(session, workspace):
+    """The hour that starts a day in the user's zone belongs to it, and the hour that starts the
+    next day does not (on SQLite the counters' hour and the query's bound are compared as text,
+    so both must be written in one format)."""
+    a = make_campaign(session, workspace.id, name="A")
+    midnight = dt.datetime(2024, 3, 1, 16, 0, tzinfo=dt.UTC)  # 00:00 Shanghai, 2 March
+    bump(session, a, "sent", 5, midnight)
+    bump(session, a, "sent", 7, midnight - dt.timedelta(hours=1))  # 23:00 Shanghai, 1 March
+    bump(session, a, "sent", 11, midnight + dt.timedelta(days=1))  # 00:00 Shanghai, 3 March
+    session.commit()
+    days, total = stats.account_daily(
+        session, workspace.id, start=dt.date(2024, 3, 2), end=dt.date(2024, 3, 2), tz="Asia/Shanghai"
+    )
+    assert [(d.day, d.total) for d in days] == [(dt.date(2024, 3, 2), 5)]
+    assert total.total == 5
+
+
 @pytest.fixture
 def million(session, workspace):
     """The counter rows a 1,000,000-recipient campaign leaves (bench.stats generator)."""
