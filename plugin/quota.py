@@ -372,6 +372,11 @@ _SETTLE_HELD_PG = (
     )
 )
 _SETTLE_HELD_HOT = bulk_sql.Hot(_SETTLE_HELD_PG)
+#: ``commit_reservation``'s statements, hot so that it also runs inside the runner's pipelined
+#: record transaction (``bulk_sql.pipeline``), where the session itself must not execute.
+_RESERVATION_HOT = bulk_sql.Hot(_RESERVATION)
+_COMMIT_HOT = bulk_sql.Hot(_COMMIT)
+_SETTLE_LEDGER_HOT = bulk_sql.Hot(_SETTLE_LEDGER)
 
 
 def commit_reservation(session: Session, reservation_id: int, used: int, *, commit: bool = True) -> bool:
@@ -385,7 +390,7 @@ def commit_reservation(session: Session, reservation_id: int, used: int, *, comm
     the truth and stops further grants). ``commit=False`` leaves the transaction open for the
     caller to write per-recipient results in the same transaction.
     """
-    row = session.execute(_RESERVATION, {"rid": reservation_id}).one_or_none()
+    row = _RESERVATION_HOT.run(session, {"rid": reservation_id}).one_or_none()
     if row is None:
         raise LookupError(f"no quota reservation {reservation_id}")
     if row.status not in (HELD, EXPIRED):
@@ -396,10 +401,10 @@ def commit_reservation(session: Session, reservation_id: int, used: int, *, comm
         raise ValueError(f"used must be between 0 and the reserved {row.amount}, not {used}")
     changed = False
     for status in (HELD, EXPIRED):
-        moved = session.execute(_COMMIT, {"rid": reservation_id, "was": status, "used": used}).rowcount
+        moved = _COMMIT_HOT.run(session, {"rid": reservation_id, "was": status, "used": used}).rowcount
         if moved == 1:
             give_back = row.amount if status == HELD else 0
-            session.execute(_SETTLE_LEDGER, {"lid": row.ledger_id, "back": give_back, "used": used})
+            _SETTLE_LEDGER_HOT.run(session, {"lid": row.ledger_id, "back": give_back, "used": used})
             changed = True
             break
     if commit:

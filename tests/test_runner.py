@@ -514,6 +514,50 @@ def test_reservations_are_settled_to_what_was_accepted(app, session, workspace, 
     assert (reserved, committed) == (0, 130)
 
 
+def test_a_reservation_that_expired_during_the_send_is_still_counted_once(
+    app, session, workspace, setup, tagged_campaign, sim
+):
+    """The lease sweep expired the batch's reservation (giving its amount back) while the
+    provider call was under way: recording takes the general settlement (on PostgreSQL inside
+    the pipelined record transaction), so what the provider accepted counts once, nothing
+    stays reserved, and every recipient got one mail."""
+    from sqlalchemy.orm import Session as PlainSession
+
+    from plugin.demo.models import db
+
+    c = tagged_campaign(120)
+    ledger_id = None
+    expired = []
+
+    def expire_during_send(step):
+        if step != "batch:before_send" or expired:
+            return
+        with PlainSession(db.engine) as other:  # another worker's sweep, in its own transaction
+            expired.append(
+                quota.expire_stale(other, ledger_id, dt.datetime.now(dt.UTC) + dt.timedelta(days=1))
+            )
+            other.commit()
+
+    ctx = _ctx(app, on_step=expire_during_send)
+    runner.start(session, c.id, ctx)
+    ledger_id = session.scalar(
+        select(QuotaLedger.id).where(
+            QuotaLedger.account_id == setup["account"].id,
+            QuotaLedger.channel == "batch",
+            QuotaLedger.owner == "",
+        )
+    )
+    assert runner.run_campaign(session, c.id, ctx) == runner.DONE
+    assert expired == [100]  # the first batch's reservation, expired under it
+    _limit, reserved, committed = quota.ledger_totals(session, ledger_id)
+    assert (reserved, committed) == (0, 120)
+    counts = Counter(m.recipient for m in _mails_to(sim, setup["api_user"]))
+    assert len(counts) == 120
+    assert set(counts.values()) == {1}
+    session.expire_all()
+    assert session.get(Campaign, c.id).sent == 120
+
+
 def test_an_unexpected_error_building_a_claimed_batch_frees_it_for_the_next_run(
     app, session, workspace, setup, tagged_campaign, sim, monkeypatch
 ):

@@ -1262,7 +1262,9 @@ def _deliver(
     except InvalidInput as exc:
         return _fail_batch(session, campaign, batch, members, str(exc), ctx, now, permanent=True)
     ctx.step("batch:after_send")
-    _record(session, campaign, batch, members, results, now)
+    with bulk_sql.pipeline(session) as pipe:  # PostgreSQL: the writes and commit sent together
+        _record(session, campaign, batch, members, results, now)
+        pipe.commit()
     session.commit()
     ctx.step("batch:recorded")
     return SENT
