@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import psycopg
 import pytest
 from sqlalchemy import bindparam, func, select
 
@@ -78,6 +79,9 @@ def test_a_pipeline_sends_its_statements_together_and_each_answer_reads_back(ses
         assert first.rowcount == 2
         assert [tuple(row) for row in counts.all()] == [("a.cn", 11), ("b.cn", 11)]
         pipe.commit()
+        if BACKEND == "postgres":  # the COMMIT went in the pipeline, not in the session's commit
+            driver = session.connection().connection.driver_connection
+            assert driver.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     assert unread.rowcount == 1  # answered by the end of the block, readable after it
     session.commit()
     session.rollback()  # nothing left open: what follows reads what was committed
@@ -87,9 +91,15 @@ def test_a_pipeline_sends_its_statements_together_and_each_answer_reads_back(ses
     assert stored == {"a.cn": 11, "b.cn": 11, "c.cn": 1}
 
 
-def test_a_failed_pipeline_writes_nothing_and_the_session_goes_on(session, workspace):
-    """A statement that fails (a duplicate cell) reports at the answer read or at the end of the
-    block; the rollback removes the statements queued before it; the connection works after."""
+class _Boom(Exception):
+    pass
+
+
+@pytest.mark.parametrize("failure", ["answer read", "answer never read", "error in the block"])
+def test_a_failed_pipeline_writes_nothing_and_the_session_goes_on(session, workspace, failure):
+    """A statement that fails (a duplicate cell) reports where its answer is read, or at the
+    commit when nobody reads it; an exception of the caller's leaves the block too.  The
+    rollback removes everything the block sent; the connection works after."""
     duplicate = bulk_sql.Hot(
         _CELLS.insert().values(
             workspace_id=workspace.id,
@@ -109,13 +119,19 @@ def test_a_failed_pipeline_writes_nothing_and_the_session_goes_on(session, works
         with bulk_sql.pipeline(session) as pipe:
             _cells(session, ws, 43, ["b.cn"])
             _ADD_HOT.run(session, {"cid": 43, "dim": "domain", "n": 100})
+            if failure == "error in the block":
+                raise _Boom("the caller failed")
             answer = duplicate.run(session, {})
-            answer.rowcount  # noqa: B018 - reading the answer is what reports the failure
+            if failure == "answer read":
+                answer.rowcount  # noqa: B018 - reading the answer is what reports the failure
             pipe.commit()
 
     with pytest.raises(Exception) as failed:  # noqa: PT011 - the driver's or SQLAlchemy's error, checked below
         failing_pipeline()
-    assert "unique" in str(failed.value).lower() or "duplicate" in str(failed.value).lower()
+    if failure == "error in the block":
+        assert isinstance(failed.value, _Boom)
+    else:
+        assert "unique" in str(failed.value).lower() or "duplicate" in str(failed.value).lower()
     session.rollback()
     stored = dict(
         session.execute(select(_CELLS.c.key, _CELLS.c.count).where(_CELLS.c.campaign_id == 43)).all()
@@ -124,3 +140,27 @@ def test_a_failed_pipeline_writes_nothing_and_the_session_goes_on(session, works
     _cells(session, ws, 43, ["b.cn"])  # the connection left pipeline mode and works
     session.commit()
     assert session.scalar(select(func.count()).select_from(_CELLS).where(_CELLS.c.campaign_id == 43)) == 2
+
+
+def test_the_session_cannot_run_a_statement_inside_a_pipeline(session, workspace):
+    """On PostgreSQL a statement sent through the session inside the block would read as "no
+    rows"; it is refused with a message instead, and blocks do not nest.  Elsewhere the block
+    is an ordinary transaction and the session runs as always."""
+    ws = workspace.id
+    if BACKEND == "postgres":
+        with pytest.raises(RuntimeError, match=r"inside bulk_sql\.pipeline"), bulk_sql.pipeline(session):
+            session.execute(select(_CELLS.c.id)).all()
+        session.rollback()
+        with (
+            pytest.raises(RuntimeError, match="do not nest"),
+            bulk_sql.pipeline(session),
+            bulk_sql.pipeline(session),
+        ):
+            pass
+        session.rollback()
+    else:
+        with bulk_sql.pipeline(session), bulk_sql.pipeline(session):
+            assert session.execute(select(func.count()).select_from(_CELLS)).scalar_one() == 0
+    _cells(session, ws, 44, ["a.cn"])  # either way the session works after it
+    session.commit()
+    assert session.scalar(select(func.count()).select_from(_CELLS).where(_CELLS.c.campaign_id == 44)) == 1

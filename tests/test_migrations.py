@@ -39,9 +39,9 @@ def test_downgrade_and_upgrade_round_trip(app_config):
     assert "marketing_campaign_recipients" in sa.inspect(engine).get_table_names()
 
 
-def test_sqlite_timestamps_written_without_microseconds_are_rewritten(app_config):
-    """0007: counters' hours and send times in the short text form (older bulk writes) take
-    SQLAlchemy's form, so whole-hour ranges compare right; other values stay as they were."""
+def test_sqlite_timestamps_in_other_spellings_are_rewritten_and_counter_cells_merged(app_config):
+    """0007: every spelling older bulk writes left (ISO "T", no microseconds) takes SQLAlchemy's,
+    so day ranges compare right; a cell written in two spellings becomes one with both counts."""
     engine = sa.create_engine("sqlite://")
     migrate.upgrade(engine, "0006")
     with engine.begin() as conn:
@@ -51,16 +51,23 @@ def test_sqlite_timestamps_written_without_microseconds_are_rewritten(app_config
                 "VALUES (1, 'w', 'W', 'Asia/Shanghai', '2024-03-01 00:00:00.000000')"
             )
         )
-        cells = [("2024-03-01 16:00:00", 5), ("2024-03-01 17:00:00.000000", 7)]
-        for n, (bucket, count) in enumerate(cells, start=1):
+        cells = [
+            ("2024-03-01T15:00:00", "all", 3),  # 23:00 Shanghai, 1 March: outside 2 March
+            ("2024-03-01T16:00:00", "all", 5),
+            ("2024-03-01 16:00:00", "domain", 1),
+            ("2024-03-01 16:00:00.000000", "domain", 2),  # the same cell as the one above
+            ("2024-03-01 17:00:00.000000", "all", 7),
+        ]
+        for n, (bucket, dimension, count) in enumerate(cells, start=1):
             conn.execute(
                 sa.text(
                     "INSERT INTO marketing_stat_counters (id, workspace_id, campaign_id, metric, dimension, "
-                    "\"key\", bucket, count) VALUES (:id, 1, 9, 'sent', 'all', '', :bucket, :count)"
+                    "\"key\", bucket, count) VALUES (:id, 1, 9, 'sent', :dimension, '', :bucket, :count)"
                 ),
-                {"id": n, "bucket": bucket, "count": count},
+                {"id": n, "bucket": bucket, "dimension": dimension, "count": count},
             )
-        for n, sent_at in enumerate(["2024-03-01 16:00:00", "2024-03-01 16:00:01.250000", None], start=1):
+        spellings = ["2024-03-01T16:00:00", "2024-03-01T16:00:01.250000", "2024-03-01 16:00:02", None]
+        for n, sent_at in enumerate(spellings, start=1):
             conn.execute(
                 sa.text(
                     "INSERT INTO marketing_campaign_recipients (id, workspace_id, campaign_id, email, "
@@ -71,18 +78,31 @@ def test_sqlite_timestamps_written_without_microseconds_are_rewritten(app_config
             )
     migrate.upgrade(engine)
     with engine.connect() as conn:
-        buckets = (
-            conn.execute(sa.text("SELECT bucket FROM marketing_stat_counters ORDER BY id")).scalars().all()
-        )
+        stored = conn.execute(
+            sa.text("SELECT dimension, bucket, count FROM marketing_stat_counters ORDER BY bucket, dimension")
+        ).all()
         sent = (
             conn.execute(sa.text("SELECT sent_at FROM marketing_campaign_recipients ORDER BY id"))
             .scalars()
             .all()
         )
-        in_range = conn.execute(
-            sa.text("SELECT sum(count) FROM marketing_stat_counters WHERE bucket >= :since"),
-            {"since": "2024-03-01 16:00:00.000000"},
+        day = conn.execute(
+            sa.text(
+                "SELECT sum(count) FROM marketing_stat_counters WHERE dimension = 'all' "
+                "AND bucket >= :since AND bucket < :until"
+            ),
+            {"since": "2024-03-01 16:00:00.000000", "until": "2024-03-02 16:00:00.000000"},
         ).scalar_one()
-    assert buckets == ["2024-03-01 16:00:00.000000", "2024-03-01 17:00:00.000000"]
-    assert sent == ["2024-03-01 16:00:00.000000", "2024-03-01 16:00:01.250000", None]
-    assert in_range == 12
+    assert [tuple(row) for row in stored] == [
+        ("all", "2024-03-01 15:00:00.000000", 3),
+        ("all", "2024-03-01 16:00:00.000000", 5),
+        ("domain", "2024-03-01 16:00:00.000000", 3),
+        ("all", "2024-03-01 17:00:00.000000", 7),
+    ]
+    assert sent == [
+        "2024-03-01 16:00:00.000000",
+        "2024-03-01 16:00:01.250000",
+        "2024-03-01 16:00:02.000000",
+        None,
+    ]
+    assert day == 12

@@ -1262,7 +1262,7 @@ def _deliver(
     except InvalidInput as exc:
         return _fail_batch(session, campaign, batch, members, str(exc), ctx, now, permanent=True)
     ctx.step("batch:after_send")
-    with bulk_sql.pipeline(session) as pipe:  # PostgreSQL: the writes and commit sent together
+    with bulk_sql.pipeline(session) as pipe:  # PostgreSQL: writes and commit in few round trips
         _record(session, campaign, batch, members, results, now)
         pipe.commit()
     session.commit()
