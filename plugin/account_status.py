@@ -92,14 +92,14 @@ def account_status(
         balance=snapshot.balance,
         available_balance=snapshot.available_balance,
         daily_quota=snapshot.daily_quota,
-        used_today=_used_today(session, account.id, snapshot),
+        used_today=used_today(session, account.id, snapshot),
         fetched_at=snapshot.fetched_at,
         account_id=account.id,
         **limits,
     )
 
 
-def _used_today(session: Session, account_id: int, snapshot: AccountSnapshot) -> int | None:
+def used_today(session: Session, account_id: int, snapshot: AccountSnapshot) -> int | None:
     """What is used today: the provider's figure at the last sync, or our own ledger if higher.
 
     Between syncs the header would otherwise keep showing the provider's older count while a

@@ -646,6 +646,14 @@ class SetupWizard:
                 field="reply_to",
             )
         sender.reply_to_verification_sent_at = now
+        from .trigger_mail import count_mail_outside_campaigns
+
+        count_mail_outside_campaigns(
+            self.session,
+            self.workspace_id,
+            sender.reply_to,
+            accepted=getattr(result, "status", "accepted") == "accepted",
+        )
         self.session.flush()
 
     def finish_senders(self) -> None:

@@ -670,6 +670,30 @@ def _send_with_retries(
     return "failed", None, last_error  # pragma: no cover - the loop always returns
 
 
+#: Final states of a mail the provider answered for (counted as submitted; ``sent`` also as sent).
+_HANDED_OVER = ("sent", "rejected", "unknown")
+
+
+def count_mail_outside_campaigns(
+    session: Session, workspace_id: int, address: str, *, accepted: bool
+) -> None:
+    """Count one mail sent outside campaigns (campaign 0) as campaigns count theirs: submitted,
+    and sent when accepted.  Their delivery and bounce events already count there, and the
+    account's daily table adds campaign 0 in: without the send side it showed more mails
+    delivered than sent.  Does not commit."""
+    from . import counters
+
+    rows = counters.send_rows(
+        workspace_id=workspace_id,
+        campaign_id=0,
+        at=utcnow(),
+        template_id=None,
+        sender_id=None,
+        outcomes=[(address, accepted)],
+    )
+    counters.add_rows(session, rows)
+
+
 def _finish(
     session: Session,
     mail: TriggerMail,
@@ -684,6 +708,8 @@ def _finish(
         mail.provider_message_id = message_id[:255]
     if status == "sent":
         mail.sent_at = utcnow()
+    if status in _HANDED_OVER:
+        count_mail_outside_campaigns(session, mail.workspace_id, mail.to_email, accepted=status == "sent")
     session.commit()
     log.info("trigger mail %s: %s after %s attempt(s)", mail.id, status, mail.attempts)
 

@@ -168,6 +168,25 @@ def test_quota_page_shows_figures_chart_data_and_todays_ledger(login, session, w
     assert re.search(r'data-channel="trigger".*?data-col="limit">200<', ledger, re.S)
 
 
+def test_used_today_counts_what_was_sent_since_the_last_sync(login, session, workspace, account, simulator):
+    """Between syncs the figure follows the ledger (as the account bar does), so the card and
+    the bar never disagree; the provider's count at the sync is shown beside it."""
+    from plugin import quota
+
+    simulator.simulator.set_account(API_USER, used=10)
+    browser = login("admin")
+    browser.post("/marketing/quota/refresh", data={"next": "/marketing/quota"})
+    ledger_id = quota.ensure_ledger(
+        session, workspace.id, account.id, "batch", quota.provider_day(utcnow()), 2000
+    )
+    grant = quota.reserve(session, ledger_id, 40, now=utcnow())
+    quota.commit_reservation(session, grant.id, 40)
+    page = browser.get("/marketing/quota").get_data(as_text=True)
+    assert 'data-figure="used">50<' in page
+    assert 'data-figure="used-synced">10 at the last sync<' in page
+    assert 'data-used="50"' in bar(page)
+
+
 def test_vendored_chart_library_is_served(login):
     response = login("sales").get("/marketing/static/vendor/chart.umd.min.js")
     assert response.status_code == 200

@@ -344,6 +344,10 @@ def test_reply_to_is_confirmed_through_the_link_in_the_trigger_mail(
     mails = [m for m in simulator.simulator.mails() if m.recipient == SENDER["reply_to"]]
     assert len(mails) == 1
     assert mails[0].api_user == wizard.account().trigger_api_user
+    from plugin import counters
+
+    sent_outside_campaigns = counters.totals(session, 0)  # as its delivery will be: campaign 0
+    assert (sent_outside_campaigns["submitted"], sent_outside_campaigns["sent"]) == (1, 1)
     link = re.search(r'href="([^"]+/confirm-reply-to/[^"]+)"', mails[0].html).group(1)
     token = link.rsplit("/", 1)[1]
     confirm_reply_to(session, get_state().settings, token)

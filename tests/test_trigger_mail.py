@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+from zoneinfo import ZoneInfo
 
 import campaign_kit as kit
 import pytest
@@ -112,6 +113,32 @@ def test_a_templated_mail_goes_out_at_once_through_the_trigger_api_user(
     assert delivered.send_request_id == trigger_mail.provider_key(workspace.id, "order-1001")
     assert mail.provider_message_id == delivered.email_id
     assert delivered.from_address == "orders@mail.example.com"
+
+
+def test_trigger_mail_counts_as_sent_outside_campaigns_so_deliveries_never_exceed_it(
+    session, workspace, account, ctx, sim
+):
+    """Mail outside campaigns counts in campaign 0 when sent, as its delivery events do: the
+    account's daily table adds both up (a delivery without its send read as 104 % delivered)."""
+    from plugin import counters, events, stats
+
+    mail = _send(session, workspace, ctx, subject="Hi", html="<p>x</p>")
+    assert mail.status == "sent"
+    totals = counters.totals(session, 0)
+    assert (totals["submitted"], totals["sent"]) == (1, 1)
+    assert events.record(
+        session,
+        workspace_id=workspace.id,
+        type="deliver",
+        dedupe_key="deliver-trigger-1",
+        occurred_at=dt.datetime.now(dt.UTC),
+        data={"recipient": mail.to_email},
+    )
+    session.commit()
+    assert counters.totals(session, 0)["delivered"] == 1
+    today = dt.datetime.now(ZoneInfo("Asia/Shanghai")).date()
+    [day], _total = stats.account_daily(session, workspace.id, start=today, end=today, tz="Asia/Shanghai")
+    assert (day.total, day.delivered) == (1, 1)
 
 
 def test_inline_subject_and_html_with_a_fallback(session, workspace, account, ctx, sim):

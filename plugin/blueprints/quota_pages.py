@@ -11,7 +11,7 @@ from flask_login import current_user
 from marshmallow import ValidationError
 from sqlalchemy import select
 
-from .. import allocation, quota_sync
+from .. import account_status, allocation, quota_sync
 from ..access import can, current_workspace
 from ..channels import provider_factory
 from ..config import Settings
@@ -108,6 +108,9 @@ def index(*, share_errors=None, share_form=None, cap_errors=None, cap_form=None,
         if latest is not None and latest.daily_quota is not None
         else None
     )
+    # The header's figure: the provider's count at the last sync, or the ledger if higher (the
+    # snapshot alone lags behind a campaign sending since the sync).
+    used_now = account_status.used_today(session, latest.account_id, latest) if latest is not None else None
     caps, total, pages = _caps_page(session, ws, args)
     users, teams = allocation.known_owners(session, ws)
     page = render_template(
@@ -115,6 +118,7 @@ def index(*, share_errors=None, share_form=None, cap_errors=None, cap_form=None,
         accounts=accounts,
         account_names=names,
         latest=latest,
+        used_now=used_now,
         chart=chart,
         history=history,
         recent=quota_sync.recent_syncs(session, ws, limit=10),
