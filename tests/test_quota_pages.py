@@ -12,7 +12,7 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import func, select
 
-from plugin import allocation, quota_sync
+from plugin import allocation, quota, quota_sync
 from plugin.models import AccountSnapshot, QuotaAllocation, utcnow
 from plugin.sandbox.sendcloud import SendCloudSimulator, SimulatorServer
 from tests.quota_support import API_KEY, API_USER, bind_account, factory
@@ -157,9 +157,10 @@ def test_quota_page_shows_figures_chart_data_and_todays_ledger(login, session, w
     assert 'data-figure="remaining">1,700<' in page
     assert "of which 200 kept for trigger mail" in page
     chart = json.loads(re.search(r'id="quota-history-data">(.*?)</script>', page, re.S).group(1))
-    assert chart["used"] == [1800, 900, 300]
-    assert chart["quota"] == [2000, 2000, 2000]
-    assert len(chart["labels"]) == 3
+    assert len(chart["labels"]) == 30  # the whole window, days without a sync left empty
+    assert chart["labels"][-1] == quota.provider_day(utcnow()).isoformat()
+    assert chart["used"] == [None] * 27 + [1800, 900, 300]
+    assert chart["quota"] == [None] * 27 + [2000, 2000, 2000]
     assert "vendor/chart.umd.min.js" in page
     ledger = re.search(r'<table class="data" id="ledger-table">(.*?)</table>', page, re.S).group(1)
     assert re.search(

@@ -541,3 +541,17 @@ def test_purge_page_removes_the_binding_after_typed_confirmation(
     session.expire_all()
     assert session.scalar(select(func.count()).select_from(ProviderAccount)) == 0
     assert session.scalar(select(func.count()).select_from(SetupState)) == 0
+
+
+def test_the_account_type_reads_in_the_page_language(app):
+    """SendCloud names the account type in Chinese for people; a known one is translated, any
+    other is shown as SendCloud wrote it."""
+    from plugin.providers.sendcloud import account_type_label
+
+    with app.test_request_context():
+        with force_locale("en"):
+            assert account_type_label("付费用户") == "Paying account"
+            assert account_type_label("企业用户") == "企业用户"
+            assert account_type_label(None) == ""
+        with force_locale("zh_Hans_CN"):
+            assert account_type_label("付费用户") == "付费用户"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
@@ -11,7 +12,7 @@ from flask_login import current_user
 from marshmallow import ValidationError
 from sqlalchemy import select
 
-from .. import account_status, allocation, quota_sync
+from .. import account_status, allocation, quota, quota_sync
 from ..access import can, current_workspace
 from ..channels import provider_factory
 from ..config import Settings
@@ -19,7 +20,7 @@ from ..errors import InvalidInput, NotFound
 from ..extension import get_state
 from ..forecast import forecast
 from ..i18n import _, format_datetime
-from ..models import ProviderAccount
+from ..models import ProviderAccount, utcnow
 from ..schemas.common import MAX_ID
 from ..schemas.quota import CapForm, CapListArgs, ForecastArgs, ShareForm
 from . import admin
@@ -94,11 +95,17 @@ def index(*, share_errors=None, share_form=None, cap_errors=None, cap_form=None,
     )
     names = {a.id: a.name for a in accounts}
     history = quota_sync.history(session, ws, days=HISTORY_DAYS)
+    # Every day of the window, a day without a sync left empty: the chart shows the period it
+    # names (its first days otherwise stretched over the whole width).
+    today = quota.provider_day(utcnow())
+    days = [today - dt.timedelta(days=n) for n in range(HISTORY_DAYS - 1, -1, -1)]
+    by_day = {p.day: p for p in history}
+    points = [by_day.get(day) for day in days]
     chart = {
-        "labels": [p.day.isoformat() for p in history],
-        "used": [p.used_today for p in history],
-        "quota": [p.daily_quota for p in history],
-        "balance": [None if p.balance is None else float(p.balance) for p in history],
+        "labels": [day.isoformat() for day in days],
+        "used": [p.used_today if p else None for p in points],
+        "quota": [p.daily_quota if p else None for p in points],
+        "balance": [None if p is None or p.balance is None else float(p.balance) for p in points],
         "names": {"used": _("Used"), "quota": _("Daily quota"), "balance": _("Balance (¥)")},
     }
     share = allocation.get_share(session, ws)

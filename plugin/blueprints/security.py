@@ -75,6 +75,7 @@ def guard_page(permission: str = "view"):
 def install_template_globals(app: Flask) -> None:
     """Globals every page needs, the host's included: our translations, CSRF, dates, numbers."""
     from .. import i18n
+    from ..providers.sendcloud import account_type_label
 
     env = app.jinja_env
     env.globals.setdefault("csrf_token", generate_csrf)
@@ -86,6 +87,7 @@ def install_template_globals(app: Flask) -> None:
     )
     env.filters["mkt_datetime"] = i18n.format_datetime
     env.filters["mkt_number"] = i18n.format_number
+    env.filters["mkt_account_type"] = account_type_label
 
 
 def exempt_from_host_csrf(app: Flask, blueprints: Iterable[Blueprint]) -> None:

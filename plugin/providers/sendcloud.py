@@ -46,7 +46,7 @@ from ..errors import (
     Throttled,
     WebhookRejected,
 )
-from ..i18n import _
+from ..i18n import _, _l
 from .base import AccountInfo, BatchMessage, SendResult, TrackingEvent
 
 PROVIDER_NAME = "sendcloud"
@@ -117,6 +117,18 @@ class DomainInfo:
 
 #: ``templateStat`` → our review state (reference §7).
 TEMPLATE_STATES = {-2: "not_submitted", -1: "rejected", 0: "pending", 1: "approved"}
+
+#: ``userinfo/get``'s ``accountType`` is Chinese text meant for people; the ones the reference
+#: documents read in the page's language, any other is shown as SendCloud wrote it.
+_ACCOUNT_TYPES = {"付费用户": _l("Paying account")}
+
+
+def account_type_label(value: str | None) -> str:
+    """``accountType`` in the user's language when it is a known one."""
+    if not value:
+        return ""
+    label = _ACCOUNT_TYPES.get(value.strip())
+    return str(label) if label is not None else value
 #: ``templateType``: 0 trigger (transactional), 1 batch (marketing).
 TEMPLATE_TYPES = {"trigger": 0, "batch": 1}
 

@@ -9,11 +9,12 @@
       data: {
         labels: d.labels,
         datasets: [
-          { type: "bar", label: d.names.used, data: d.used, backgroundColor: "#2f6fed", yAxisID: "mails" },
+          { type: "bar", label: d.names.used, data: d.used, backgroundColor: "#2f6fed", yAxisID: "mails",
+            maxBarThickness: 24 },
           { type: "line", label: d.names.quota, data: d.quota, borderColor: "#a15c07", stepped: true,
-            pointRadius: 0, yAxisID: "mails" },
+            pointRadius: 0, spanGaps: true, yAxisID: "mails" },
           { type: "line", label: d.names.balance, data: d.balance, borderColor: "#12805c", tension: 0.2,
-            yAxisID: "money" }
+            spanGaps: true, yAxisID: "money" }
         ]
       },
       options: {
