@@ -550,7 +550,7 @@ def _deliver(
             return
         grant = decision
         try:
-            status, message_id, error = _send_with_retries(session, mail, provider, batch, ctx)
+            status, message_id, error, answered = _send_with_retries(session, mail, provider, batch, ctx)
         except BaseException:
             session.rollback()
             quota.give_back(session, grant)
@@ -559,7 +559,7 @@ def _deliver(
             session.commit()
             raise
         quota.settle(session, grant, 1 if status in ("sent", "unknown") else 0)
-        _finish(session, mail, status, error=error, message_id=message_id)
+        _finish(session, mail, status, error=error, message_id=message_id, answered=answered)
     finally:
         try:
             provider.close()
@@ -622,8 +622,11 @@ def _blocked_text(blocked: quota.Blocked) -> str:
 
 def _send_with_retries(
     session: Session, mail: TriggerMail, provider: Provider, batch: BatchMessage, ctx: TriggerContext
-) -> tuple[str, str | None, str | None]:
-    """(status, provider message id, error) after at most ``1 + len(retry_delays)`` attempts."""
+) -> tuple[str, str | None, str | None, bool]:
+    """(status, provider message id, error, answered) after at most ``1 + len(retry_delays)``
+    attempts; ``answered``: the provider gave this mail a final answer (accepted, refused or
+    unknown), as campaigns count a recipient "submitted" (a refused request, a quota answer or
+    a message refused before sending is not)."""
     attempts = 1 + len(ctx.retry_delays)
     last_error: str | None = None
     for attempt in range(1, attempts + 1):
@@ -635,12 +638,13 @@ def _send_with_retries(
             result: SendResult = provider.send_one(batch)
         except DuplicateRequest:
             # The provider already accepted this key (an earlier attempt whose answer we lost).
-            return "sent", None, None
+            return "sent", None, None, True
         except ProviderQuotaExceeded as exc:
             return (
                 "failed",
                 None,
                 _("The provider refused: daily quota or balance used up (%(error)s).", error=exc),
+                False,
             )
         except ProviderError as exc:
             last_error = str(exc)
@@ -653,25 +657,21 @@ def _send_with_retries(
             if exc.retryable and retry:
                 ctx.sleep(ctx.retry_delays[attempt - 1])
                 continue
-            return "failed", None, last_error
+            return "failed", None, last_error, False
         except InvalidInput as exc:
-            return "rejected", None, str(exc)
+            return "rejected", None, str(exc), False
         if result.status == "accepted":
-            return "sent", result.provider_message_id, None
+            return "sent", result.provider_message_id, None, True
         if result.status == "rejected":
-            return "rejected", result.provider_message_id, result.error
+            return "rejected", result.provider_message_id, result.error, True
         if result.status == "unknown":
-            return "unknown", result.provider_message_id, result.error
+            return "unknown", result.provider_message_id, result.error, True
         last_error = result.error  # "failed": a temporary refusal (SMTP 4xx)
         if retry:
             ctx.sleep(ctx.retry_delays[attempt - 1])
             continue
-        return "failed", result.provider_message_id, last_error
-    return "failed", None, last_error  # pragma: no cover - the loop always returns
-
-
-#: Final states of a mail the provider answered for (counted as submitted; ``sent`` also as sent).
-_HANDED_OVER = ("sent", "rejected", "unknown")
+        return "failed", result.provider_message_id, last_error, True
+    return "failed", None, last_error, False  # pragma: no cover - the loop always returns
 
 
 def count_mail_outside_campaigns(
@@ -701,14 +701,16 @@ def _finish(
     *,
     error: str | None = None,
     message_id: str | None = None,
+    answered: bool = False,
 ) -> None:
+    """Store a mail's outcome; one the provider answered counts in the statistics (campaign 0)."""
     mail.status = status
     mail.error = str(error)[:2000] if error else None
     if message_id:
         mail.provider_message_id = message_id[:255]
     if status == "sent":
         mail.sent_at = utcnow()
-    if status in _HANDED_OVER:
+    if answered:
         count_mail_outside_campaigns(session, mail.workspace_id, mail.to_email, accepted=status == "sent")
     session.commit()
     log.info("trigger mail %s: %s after %s attempt(s)", mail.id, status, mail.attempts)

@@ -188,6 +188,42 @@ def test_used_today_counts_what_was_sent_since_the_last_sync(login, session, wor
     assert 'data-used="50"' in bar(page)
 
 
+def _before_the_chart_window() -> dt.datetime:
+    """A time the history still reads (the last 30 x 24 hours) on a provider day before the
+    chart's 30 days: between those two bounds, whatever the time of day the test runs."""
+    from zoneinfo import ZoneInfo
+
+    now = utcnow()
+    beijing = ZoneInfo(quota.PROVIDER_TZ)
+    first_day = quota.provider_day(now) - dt.timedelta(days=29)
+    window_start = dt.datetime.combine(first_day, dt.time(), tzinfo=beijing).astimezone(dt.UTC)
+    since = now - dt.timedelta(days=30)
+    return since + (window_start - since) / 2
+
+
+def test_a_sync_of_an_earlier_day_neither_counts_today_nor_fills_the_chart(
+    login, session, workspace, account
+):
+    """Yesterday's count is not shown as today's, and a sync older than the chart's window
+    leaves the chart's empty state rather than thirty empty days."""
+    session.add(
+        AccountSnapshot(
+            workspace_id=workspace.id,
+            account_id=account.id,
+            balance=Decimal("90"),
+            daily_quota=2000,
+            used_today=1800,
+            fetched_at=_before_the_chart_window(),
+        )
+    )
+    session.commit()
+    page = login("admin").get("/marketing/quota").get_data(as_text=True)
+    assert 'data-figure="used">0<' in page
+    assert "at the last sync" not in page
+    assert 'id="quota-history-data"' not in page
+    assert "No syncs yet" in page
+
+
 def test_vendored_chart_library_is_served(login):
     response = login("sales").get("/marketing/static/vendor/chart.umd.min.js")
     assert response.status_code == 200

@@ -136,7 +136,7 @@ def test_trigger_mail_counts_as_sent_outside_campaigns_so_deliveries_never_excee
     )
     session.commit()
     assert counters.totals(session, 0)["delivered"] == 1
-    today = dt.datetime.now(ZoneInfo("Asia/Shanghai")).date()
+    today = mail.sent_at.astimezone(ZoneInfo("Asia/Shanghai")).date()
     [day], _total = stats.account_daily(session, workspace.id, start=today, end=today, tz="Asia/Shanghai")
     assert (day.total, day.delivered) == (1, 1)
 
@@ -276,6 +276,10 @@ def test_retries_that_never_succeed_leave_the_mail_failed_and_give_the_quota_bac
     assert "500" in mail.error
     assert len(sim.mails()) == 1  # the warm-up only
     assert slept == [0.2, 0.5, 1.0]
+    from plugin import counters
+
+    totals = counters.totals(session, 0)  # refused requests never reached a recipient: not counted
+    assert (totals["submitted"], totals["sent"]) == (1, 1)
     ledger = session.scalars(select(QuotaLedger).where(QuotaLedger.channel == "trigger")).one()
     assert (ledger.reserved, ledger.committed) == (0, 1)
 

@@ -101,6 +101,7 @@ def index(*, share_errors=None, share_form=None, cap_errors=None, cap_form=None,
     days = [today - dt.timedelta(days=n) for n in range(HISTORY_DAYS - 1, -1, -1)]
     by_day = {p.day: p for p in history}
     points = [by_day.get(day) for day in days]
+    history = [p for p in points if p is not None]  # the window's days that have a sync
     chart = {
         "labels": [day.isoformat() for day in days],
         "used": [p.used_today if p else None for p in points],
@@ -118,6 +119,12 @@ def index(*, share_errors=None, share_form=None, cap_errors=None, cap_form=None,
     # The header's figure: the provider's count at the last sync, or the ledger if higher (the
     # snapshot alone lags behind a campaign sending since the sync).
     used_now = account_status.used_today(session, latest.account_id, latest) if latest is not None else None
+    # The provider's own count beside it, when it speaks of today (an older sync says nothing).
+    synced_today = (
+        latest.used_today
+        if latest is not None and quota.provider_day(latest.fetched_at) == quota.provider_day(utcnow())
+        else None
+    )
     caps, total, pages = _caps_page(session, ws, args)
     users, teams = allocation.known_owners(session, ws)
     page = render_template(
@@ -126,6 +133,7 @@ def index(*, share_errors=None, share_form=None, cap_errors=None, cap_form=None,
         account_names=names,
         latest=latest,
         used_now=used_now,
+        synced_today=synced_today,
         chart=chart,
         history=history,
         recent=quota_sync.recent_syncs(session, ws, limit=10),

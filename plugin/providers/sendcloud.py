@@ -123,12 +123,13 @@ TEMPLATE_STATES = {-2: "not_submitted", -1: "rejected", 0: "pending", 1: "approv
 _ACCOUNT_TYPES = {"付费用户": _l("Paying account")}
 
 
-def account_type_label(value: str | None) -> str:
-    """``accountType`` in the user's language when it is a known one."""
-    if not value:
+def account_type_label(value: object) -> str:
+    """``accountType`` in the user's language when it is a known one (any value as text)."""
+    if value is None or value == "":
         return ""
-    label = _ACCOUNT_TYPES.get(value.strip())
-    return str(label) if label is not None else value
+    text = str(value)
+    label = _ACCOUNT_TYPES.get(text.strip())
+    return str(label) if label is not None else text
 #: ``templateType``: 0 trigger (transactional), 1 batch (marketing).
 TEMPLATE_TYPES = {"trigger": 0, "batch": 1}
 
