@@ -11,7 +11,7 @@ from flask import Flask
 from .. import migrate
 from ..sandbox import SmtpSink
 from ..scheduler import start_scheduler_if_enabled
-from .app import create_app, stop_sendcloud_sandbox
+from .app import create_app, restore_sandbox_account, stop_sendcloud_sandbox
 from .models import db
 from .seed import DEMO_USERS, seed_demo
 
@@ -47,6 +47,9 @@ def main() -> None:
         migrate.upgrade(db.engine)
         if seed_demo(db.session, contacts=args.contacts):
             print(f"Seeded {args.contacts} demo contacts.")
+        restored = restore_sandbox_account(app)
+        if restored:
+            print(f"Restored the sandbox API_USERs of an earlier run: {', '.join(restored)}.")
     sink = start_sink(app, args.smtp_port)
     imap = start_reply_mailbox(app) if not args.no_sandbox else None
     scheduler = start_scheduler_if_enabled(app)

@@ -129,6 +129,47 @@ def start_sendcloud_sandbox(app: Flask) -> None:
     app.extensions["sandbox_sendcloud"] = server
 
 
+def restore_sandbox_account(app: Flask) -> list[str]:
+    """Tell a freshly started simulator the API_USERs and webhook an earlier demo run set up.
+
+    Why: the simulator keeps its accounts in memory, while the wizard's result (the batch and
+    trigger API_USERs it created, their keys, the registered webhook) is in the database, so a
+    restarted demo could no longer sync or send ("认证失败").  Only API_USERs the wizard made
+    on the demo's own sandbox account are restored.  Returns their names.  Needs an app context.
+    """
+    from .. import webhooks
+    from ..extension import get_state
+    from ..models import ProviderAccount, SetupState
+
+    server = app.extensions.get("sandbox_sendcloud")
+    if server is None:
+        return []
+    simulator = server.simulator
+    state = get_state()
+    session = state.session
+    restored: list[str] = []
+    accounts = session.query(ProviderAccount).filter(
+        ProviderAccount.kind == "sendcloud", ProviderAccount.api_user == DEMO_API_USER
+    )
+    for account in accounts:
+        users = (
+            (account.batch_api_user, account.batch_api_key_encrypted, "batch"),
+            (account.trigger_api_user, account.trigger_api_key_encrypted, "trigger"),
+        )
+        for name, key, kind in users:
+            if not name or not key or simulator.knows(name):
+                continue
+            simulator.add_api_user(DEMO_API_USER, name, state.secrets.decrypt(key), email_type=kind)
+            restored.append(name)
+        completed = session.query(SetupState).filter(
+            SetupState.workspace_id == account.workspace_id, SetupState.completed_at.is_not(None)
+        )
+        if restored and completed.first() is not None:
+            simulator.set_webhook_target(webhooks.webhook_url(state.settings, account.workspace_id))
+    session.rollback()
+    return restored
+
+
 def stop_sendcloud_sandbox(app: Flask) -> None:
     for key in ("sandbox_sendcloud", "sandbox_dns"):
         server = app.extensions.pop(key, None)

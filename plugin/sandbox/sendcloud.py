@@ -567,6 +567,11 @@ class SendCloudSimulator:
             account = self._users[owner].account
             self._add_user(account, name, api_key, 0 if email_type == "trigger" else 1, domain)
 
+    def knows(self, api_user: str) -> bool:
+        """Whether ``api_user`` exists (the demo restores its API_USERs after a restart)."""
+        with self._lock:
+            return api_user in self._users
+
     def reset_key(self, api_user: str) -> str:
         """A new API_KEY; the old one keeps working for 15 minutes, as at SendCloud."""
         with self._lock:
