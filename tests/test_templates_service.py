@@ -167,6 +167,22 @@ def test_gbk_file_import(session, workspace, settings):
     assert template.variables == ["name"]
 
 
+def test_an_imported_page_declares_the_utf8_it_is_stored_and_sent_in(session, workspace, settings):
+    """A GBK page says so in its ``<meta>``; decoded, it is UTF-8 text, and a mail client that
+    believed the old declaration would garble the Chinese."""
+    html = (
+        '<html><head><meta http-equiv="Content-Type" content="text/html; charset=gb2312">'
+        '<meta charset="gbk"><title>春季促销</title></head><body><p>您好！charset=gbk 保留</p></body></html>'
+    )
+    template = service.import_file(
+        session, workspace.id, filename="promo.html", data=html.encode("gbk"), settings=settings, user_id="1"
+    )
+    assert 'content="text/html; charset=utf-8"' in template.html
+    assert '<meta charset="utf-8">' in template.html
+    assert "gb2312" not in template.html
+    assert "<p>您好！charset=gbk 保留</p>" in template.html  # text outside the declarations stays
+
+
 def test_text_file_import_and_file_rules(session, workspace, settings):
     template = service.import_file(
         session, workspace.id, filename="note.txt", data=b"Hello {{name}}\n\nBye", settings=settings

@@ -359,6 +359,15 @@ def _title(html: str) -> str:
     return " ".join(unescape(match.group(1)).split())[:SUBJECT_MAX] if match else ""
 
 
+_CHARSET_IN_META = re.compile(r"""(<meta\b[^>]*?\bcharset\s*=\s*["']?\s*)([A-Za-z0-9_\-]+)""", re.I)
+
+
+def declare_utf8(html: str) -> str:
+    """The page's ``<meta charset>`` (either form) made UTF-8: an imported GBK page is stored and
+    sent as UTF-8 text, and a mail client that believed the old declaration would garble it."""
+    return _CHARSET_IN_META.sub(lambda m: f"{m.group(1)}utf-8", html)
+
+
 def decode_bytes(data: bytes, declared: str | None = None) -> str:
     """Text of an imported file or page: a declared charset if it decodes, else detection.
 
@@ -414,7 +423,7 @@ def import_file(
     if suffix == ".txt":
         html, text, subject = "", content, ""
     else:
-        html, text, subject = content, None, _title(content)
+        html, text, subject = declare_utf8(content), None, _title(content)
     return _create_imported(
         session,
         workspace_id,
@@ -464,7 +473,7 @@ def import_url(
     if result.content_type == "text/plain":
         html, text, subject = "", content, ""
     else:
-        html, text, subject = absolute_links(content, result.final_url), None, _title(content)
+        html, text, subject = declare_utf8(absolute_links(content, result.final_url)), None, _title(content)
     host = urlsplit(result.final_url).hostname or _("Imported page")
     return _create_imported(
         session,
