@@ -217,6 +217,19 @@ def test_schema_errors_come_back_beside_their_fields_and_store_nothing(login, se
     assert campaigns(session, workspace.id) == []
 
 
+def test_an_empty_form_sent_says_every_problem_at_once(login, session, workspace, setup):
+    """No name and no audience: both are said on the first submit, beside their fields."""
+    response = login("marketer").post(
+        "/marketing/campaigns/new", data=form(setup, name="", include_tags=[], action="submit")
+    )
+    page = html.unescape(text(response))
+    assert response.status_code == 422
+    assert 'data-error="name"' in page
+    assert 'data-error="include"' in page
+    assert "Choose at least one tag or view to send to." in page
+    assert campaigns(session, workspace.id) == []
+
+
 def test_unknown_form_keys_are_refused(login, session, workspace, setup):
     response = login("marketer").post("/marketing/campaigns/new", data=form(setup, status="running"))
     assert response.status_code == 422

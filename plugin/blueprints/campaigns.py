@@ -279,7 +279,11 @@ def _save(campaign: Campaign | None):
     try:
         data = schemas.campaign_in.load(raw)
     except ValidationError as exc:
-        return _render_form(campaign, _raw_values(raw), _field_errors(exc), 422)
+        errors = _field_errors(exc)
+        if raw.get("action") == "submit" and not raw.get("include_tags") and not raw.get("include_views"):
+            # Said now with the rest, not after the user fixed those and submitted again.
+            errors.setdefault("include", _("Choose at least one tag or view to send to."))
+        return _render_form(campaign, _raw_values(raw), errors, 422)
     spec = campaigns.spec_from_input(data, tz=user_timezone())
     try:
         saved = campaigns.save_draft(
