@@ -117,6 +117,25 @@ def test_campaign_page_shows_figures_rates_charts_and_tables(login, campaign):
     assert "vendor/chart.umd.min.js" in body
 
 
+def test_opens_and_clicks_of_an_untracked_campaign_read_not_tracked(login, session, workspace):
+    """Tracking off and no open or click reported: "Not tracked", not a rate of 0 %."""
+    row = Campaign(
+        workspace_id=workspace.id, name="Plain", status="completed", total=5, sent=5, tracking=False
+    )
+    session.add(row)
+    session.flush()
+    for metric in ("submitted", "sent", "delivered"):
+        counters.bump(
+            session, workspace_id=workspace.id, campaign_id=row.id, metric=metric, at=SHANGHAI_1_MARCH, n=5
+        )
+    session.commit()
+    body = text(login("sales").get(f"/marketing/campaigns/{row.id}/stats"))
+    assert re.search(r'data-rate="unique_opened">\s*Not tracked in this campaign', body)
+    assert re.search(r'data-rate="unique_clicked">\s*Not tracked in this campaign', body)
+    assert "Open rate 0.0%" not in body
+    assert re.search(r'data-rate="delivered">\s*Delivery rate 100\.0%', body)
+
+
 def test_hour_toggle_draws_hours(login, campaign):
     body = text(login("sales").get(f"/marketing/campaigns/{campaign.id}/stats?by=hour"))
     data = chart_data(body, "stats-chart-data")
