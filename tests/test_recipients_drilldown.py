@@ -8,12 +8,13 @@ from __future__ import annotations
 import codecs
 import csv
 import datetime as dt
+import html
 import io
 import re
 
 import campaign_kit as kit
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 
 from plugin.csv_export import safe_cell
 from plugin.models import Campaign, CampaignRecipient, ContactTag, Tag
@@ -289,3 +290,22 @@ def test_follow_up_drafts_a_campaign_to_a_new_tag(login, session, workspace, sen
     second_tag = session.get(Tag, second.audience["include_tags"][0])
     assert second_tag.name == tag.name + " #2"
     assert len(tagged(session, workspace.id, second_tag.name)) == 10
+
+
+def test_a_cancelled_campaigns_unsent_recipients_are_not_said_to_be_waiting(login, session, sent):
+    """After a cancel nothing more goes out: the unsent read "not sent (cancelled)", not "yet"."""
+    session.execute(
+        update(CampaignRecipient)
+        .where(CampaignRecipient.campaign_id == sent.id, CampaignRecipient.email == "user0@example.net")
+        .values(status="pending", sent_at=None, delivered_at=None)
+    )
+    session.commit()
+    browser = login("sales")
+    body = html.unescape(text(browser.get(url(sent, filter="pending"))))
+    assert "Not sent yet" in body  # a finished campaign whose last recipient still waits
+    sent.status = "cancelled"
+    session.commit()
+    body = html.unescape(text(browser.get(url(sent, filter="pending"))))
+    assert "Not sent (cancelled)" in body
+    assert "Not sent yet" not in body
+    assert "user0@example.net" in body
