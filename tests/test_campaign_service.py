@@ -378,7 +378,7 @@ def test_status_reports_progress_rate_and_eta(session, workspace, kit_setup):
     campaign = svc.save_draft(session, workspace.id, spec(kit_setup), user_id="1")
     lifecycle.transition(session, campaign, lifecycle.RUNNING, now=NOW - dt.timedelta(minutes=10))
     campaign.total, campaign.sent, campaign.failed, campaign.skipped = 1000, 300, 20, 80
-    for seq, age in enumerate((30, 90, 150, 330), start=1):  # the last one is outside the 5-minute window
+    for seq, age in enumerate((30, 90, 150, 210, 270, 330), start=1):  # the last: outside 5 minutes
         session.add(
             SendBatch(
                 workspace_id=workspace.id,
@@ -392,15 +392,18 @@ def test_status_reports_progress_rate_and_eta(session, workspace, kit_setup):
         )
     session.commit()
     status = svc.status_of(session, campaign, now=NOW)
-    assert status["rate_per_minute"] == 60.0  # 300 in the last five minutes
+    assert status["rate_per_minute"] == 100.0  # 500 in the last five minutes
     assert status["pending"] == 600
-    assert status["eta_seconds"] == 600
+    assert status["eta_seconds"] == 360
     campaign.send_rate = 0.5  # paced at 30 a minute: the figure never claims more
     assert svc.status_of(session, campaign, now=NOW)["rate_per_minute"] == 30.0
-    campaign.send_rate = None
-    campaign.started_at = NOW - dt.timedelta(seconds=100)  # running 100 s: 200 sent in them
-    assert svc.status_of(session, campaign, now=NOW)["rate_per_minute"] == 120.0
-    campaign.started_at = NOW - dt.timedelta(minutes=10)
+    campaign.send_rate = None  # the runner's default pace then applies
+    assert svc.status_of(session, campaign, now=NOW, default_pace=1.0)["rate_per_minute"] == 60.0
+    for batch in session.scalars(select(SendBatch).where(SendBatch.campaign_id == campaign.id)):
+        if batch.sent_at < NOW - dt.timedelta(seconds=100):
+            batch.sent_at = NOW - dt.timedelta(hours=1)  # resumed 100 s ago after a long pause
+    session.commit()
+    assert svc.status_of(session, campaign, now=NOW)["rate_per_minute"] == 133.3  # 200 over 90 s
     assert status["percent"] == 30.0
     assert (status["status_label"], status["final"]) == ("Sending", False)
     lifecycle.transition(session, campaign, lifecycle.PAUSED, reason="quota")

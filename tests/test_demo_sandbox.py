@@ -38,6 +38,19 @@ def test_a_restarted_demo_restores_the_api_users_its_wizard_made(app, session, w
             batch_api_key_encrypted=secrets.encrypt("batch-key"),
             trigger_api_user="demo_trigger",
             trigger_api_key_encrypted=secrets.encrypt("trigger-key"),
+            webhook_url="http://127.0.0.1:9/marketing/hooks/sendcloud/1",
+            webhook_app_key_encrypted=secrets.encrypt("hook-key"),
+            webhook_registered_at=utcnow(),
+        )
+    )
+    session.add(  # written under another instance's secrets: skipped, the demo still starts
+        ProviderAccount(
+            workspace_id=workspace.id,
+            kind="sendcloud",
+            name="Elsewhere",
+            api_user=DEMO_API_USER,
+            batch_api_user="foreign_batch",
+            batch_api_key_encrypted="not-a-token-of-this-instance",
         )
     )
     session.add(
@@ -57,6 +70,8 @@ def test_a_restarted_demo_restores_the_api_users_its_wizard_made(app, session, w
     assert not simulator.knows("demo_batch")
 
     assert restore_sandbox_account(app) == ["demo_batch", "demo_trigger"]
+    assert not simulator.knows("foreign_batch")
+    assert simulator.webhook_app_key == "hook-key"  # events signed as the stored key expects
     assert simulator.knows("demo_batch")
     assert simulator.knows("demo_trigger")
     assert not simulator.knows("real_batch")

@@ -183,6 +183,19 @@ def test_an_imported_page_declares_the_utf8_it_is_stored_and_sent_in(session, wo
     assert "<p>您好！charset=gbk 保留</p>" in template.html  # text outside the declarations stays
 
 
+@pytest.mark.parametrize(
+    ("tag", "expected"),
+    [
+        ('<meta content="text/html; charset=gbk" http-equiv="content-type">', "charset=utf-8"),
+        ("<META CHARSET=GBK>", "CHARSET=utf-8>"),
+        ('<meta data-charset="x" charset="gbk">', 'data-charset="x" charset="utf-8"'),
+        ('<meta name="description" content="charset=gbk rules">', "charset=gbk rules"),
+    ],
+)
+def test_only_charset_declarations_change(tag, expected):
+    assert expected in service.declare_utf8(tag)
+
+
 def test_text_file_import_and_file_rules(session, workspace, settings):
     template = service.import_file(
         session, workspace.id, filename="note.txt", data=b"Hello {{name}}\n\nBye", settings=settings

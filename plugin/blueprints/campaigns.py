@@ -411,7 +411,8 @@ def audience_count():
 
 def status(campaign_id: int):
     campaign = _campaign(campaign_id)
-    payload = campaigns.status_of(get_state().session, campaign)
+    state = get_state()
+    payload = campaigns.status_of(state.session, campaign, default_pace=state.settings.send_rate)
     get_state().session.commit()
     return jsonify(schemas.status_out.dump(payload)), 200, {"Cache-Control": "no-store"}
 
@@ -459,7 +460,7 @@ def show(campaign_id: int):
     html = render_template(
         "marketing/campaigns/show.html",
         campaign=campaign,
-        progress=campaigns.status_of(s, campaign),
+        progress=campaigns.status_of(s, campaign, default_pace=get_state().settings.send_rate),
         verdict=verdict,
         names=names,
         account=account if account is not None and account.workspace_id == ws else None,

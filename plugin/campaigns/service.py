@@ -650,27 +650,33 @@ def list_campaigns(
     return CampaignPage(rows=list(rows), total=total, page=page, pages=pages, all_count=all_count)
 
 
-def rate_per_minute(session: Session, campaign: Campaign, now: dt.datetime) -> float:
+def rate_per_minute(
+    session: Session, campaign: Campaign, now: dt.datetime, *, default_pace: float | None = None
+) -> float:
     """Recipients sent per minute over the last few minutes, from the batch rows (a campaign has a
     hundred times fewer batches than recipients, so this stays cheap at every poll).
 
-    Why five minutes, counted from the start when that is more recent, and capped at the
-    campaign's send rate: batches go out a hundred at a time, so at a paced rate of 120 a minute
-    a two-minute window held two or three of them and the figure jumped between 100 and 150
-    (and the time left with it)."""
-    window = RATE_WINDOW_SECONDS
-    if campaign.started_at is not None:
-        window = min(window, max(60.0, (now - campaign.started_at).total_seconds()))
-    since = now - dt.timedelta(seconds=window)
-    sent = session.scalar(
-        select(func.coalesce(func.sum(SendBatch.size), 0)).where(
+    Why five minutes, capped at the pace: batches go out a hundred at a time, so at a paced rate
+    of 120 a minute a two-minute window held two or three of them and the figure jumped between
+    100 and 150 (and the time left with it).  When nothing was sent in the window's first minute
+    (a start or a resume within it) the rate is taken over the time since the first batch in
+    the window, not over minutes the campaign was not sending.  The pace is the campaign's send
+    rate (mails per second), else ``default_pace`` (the setting the runner falls back to).
+    """
+    since = now - dt.timedelta(seconds=RATE_WINDOW_SECONDS)
+    sent, oldest = session.execute(
+        select(func.coalesce(func.sum(SendBatch.size), 0), func.min(SendBatch.sent_at)).where(
             SendBatch.campaign_id == campaign.id, SendBatch.sent_at.is_not(None), SendBatch.sent_at >= since
         )
-    )
+    ).one()
     if sent:
-        rate = float(sent) * 60.0 / window
-        if campaign.send_rate:  # mails per second the runner paces at
-            rate = min(rate, float(campaign.send_rate) * 60.0)
+        span = float(RATE_WINDOW_SECONDS)
+        if oldest is not None and (oldest - since).total_seconds() > 60:
+            span = max(60.0, (now - oldest).total_seconds())
+        rate = float(sent) * 60.0 / span
+        pace = campaign.send_rate if campaign.send_rate is not None else default_pace
+        if pace:
+            rate = min(rate, float(pace) * 60.0)
         return rate
     if campaign.status == lifecycle.RUNNING and campaign.started_at and campaign.sent:
         elapsed = max((now - campaign.started_at).total_seconds(), 1.0)
@@ -678,13 +684,20 @@ def rate_per_minute(session: Session, campaign: Campaign, now: dt.datetime) -> f
     return 0.0
 
 
-def status_of(session: Session, campaign: Campaign, *, now: dt.datetime | None = None) -> dict[str, Any]:
-    """The live state of a campaign for its page's progress bar."""
+def status_of(
+    session: Session, campaign: Campaign, *, now: dt.datetime | None = None, default_pace: float | None = None
+) -> dict[str, Any]:
+    """The live state of a campaign for its page's progress bar (``default_pace``: see
+    :func:`rate_per_minute`)."""
     now = now or utcnow()
     total = campaign.total or 0
     done = (campaign.sent or 0) + (campaign.failed or 0) + (campaign.skipped or 0)
     pending = max(total - done, 0)
-    rate = rate_per_minute(session, campaign, now) if campaign.status == lifecycle.RUNNING else 0.0
+    rate = (
+        rate_per_minute(session, campaign, now, default_pace=default_pace)
+        if campaign.status == lifecycle.RUNNING
+        else 0.0
+    )
     eta = int(pending * 60 / rate) if rate > 0 and pending else None
     return {
         "id": campaign.id,

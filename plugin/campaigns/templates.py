@@ -359,13 +359,28 @@ def _title(html: str) -> str:
     return " ".join(unescape(match.group(1)).split())[:SUBJECT_MAX] if match else ""
 
 
-_CHARSET_IN_META = re.compile(r"""(<meta\b[^>]*?\bcharset\s*=\s*["']?\s*)([A-Za-z0-9_\-]+)""", re.I)
+_META_TAG = re.compile(r"<meta\b[^>]*>", re.I)
+#: ``<meta charset="gbk">``: a ``charset`` attribute of its own (not ``data-charset``).
+_CHARSET_ATTR = re.compile(r"""(\scharset\s*=\s*["']?)[^"'\s/>]+""", re.I)
+#: ``<meta http-equiv="Content-Type" content="text/html; charset=gbk">``.
+_CONTENT_TYPE = re.compile(r"""\shttp-equiv\s*=\s*["']?content-type""", re.I)
+_CHARSET_PARAM = re.compile(r"""(;\s*charset\s*=\s*)[^"'\s;>]+""", re.I)
 
 
 def declare_utf8(html: str) -> str:
-    """The page's ``<meta charset>`` (either form) made UTF-8: an imported GBK page is stored and
-    sent as UTF-8 text, and a mail client that believed the old declaration would garble it."""
-    return _CHARSET_IN_META.sub(lambda m: f"{m.group(1)}utf-8", html)
+    """The page's charset declaration (either form) made UTF-8: an imported GBK page is stored
+    and sent as UTF-8 text, and a mail client that believed the old declaration would garble it.
+    Other ``<meta>`` tags (a description that mentions a charset) are left as written."""
+
+    def fix(m: re.Match[str]) -> str:
+        tag = m.group(0)
+        if _CHARSET_ATTR.search(tag):
+            return _CHARSET_ATTR.sub(lambda a: f"{a.group(1)}utf-8", tag, count=1)
+        if _CONTENT_TYPE.search(tag):
+            return _CHARSET_PARAM.sub(lambda a: f"{a.group(1)}utf-8", tag, count=1)
+        return tag
+
+    return _META_TAG.sub(fix, html)
 
 
 def decode_bytes(data: bytes, declared: str | None = None) -> str:

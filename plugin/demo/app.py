@@ -8,6 +8,7 @@ Configuration comes from (later wins): built-in defaults, ``instance/demo.cfg`` 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 from pathlib import Path
@@ -93,6 +94,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     return app
 
 
+log = logging.getLogger(__name__)
+
 #: The simulator's account the demo's setup page suggests (a sandbox credential, not a secret).
 DEMO_API_USER = "demo_api_user"
 DEMO_API_KEY = "demo_api_key"
@@ -133,13 +136,16 @@ def restore_sandbox_account(app: Flask) -> list[str]:
     """Tell a freshly started simulator the API_USERs and webhook an earlier demo run set up.
 
     Why: the simulator keeps its accounts in memory, while the wizard's result (the batch and
-    trigger API_USERs it created, their keys, the registered webhook) is in the database, so a
-    restarted demo could no longer sync or send ("认证失败").  Only API_USERs the wizard made
-    on the demo's own sandbox account are restored.  Returns their names.  Needs an app context.
+    trigger API_USERs it created, their keys, the registered webhook and its signing key) is in
+    the database, so a restarted demo could no longer sync or send ("认证失败") nor receive
+    events.  Only API_USERs the wizard made on the demo's own sandbox account are restored; one
+    whose key cannot be read (another instance's secrets) is skipped with a warning.  Returns
+    the restored names.  Needs an app context.
     """
     from .. import webhooks
+    from ..errors import ConfigurationError
     from ..extension import get_state
-    from ..models import ProviderAccount, SetupState
+    from ..models import ProviderAccount, SendingDomain
 
     server = app.extensions.get("sandbox_sendcloud")
     if server is None:
@@ -148,25 +154,39 @@ def restore_sandbox_account(app: Flask) -> list[str]:
     state = get_state()
     session = state.session
     restored: list[str] = []
-    accounts = session.query(ProviderAccount).filter(
-        ProviderAccount.kind == "sendcloud", ProviderAccount.api_user == DEMO_API_USER
-    )
-    for account in accounts:
-        users = (
-            (account.batch_api_user, account.batch_api_key_encrypted, "batch"),
-            (account.trigger_api_user, account.trigger_api_key_encrypted, "trigger"),
+    try:
+        accounts = session.query(ProviderAccount).filter(
+            ProviderAccount.kind == "sendcloud", ProviderAccount.api_user == DEMO_API_USER
         )
-        for name, key, kind in users:
-            if not name or not key or simulator.knows(name):
-                continue
-            simulator.add_api_user(DEMO_API_USER, name, state.secrets.decrypt(key), email_type=kind)
-            restored.append(name)
-        completed = session.query(SetupState).filter(
-            SetupState.workspace_id == account.workspace_id, SetupState.completed_at.is_not(None)
-        )
-        if restored and completed.first() is not None:
-            simulator.set_webhook_target(webhooks.webhook_url(state.settings, account.workspace_id))
-    session.rollback()
+        for account in accounts:
+            domain = session.query(SendingDomain.name).filter(
+                SendingDomain.workspace_id == account.workspace_id
+            ).first()
+            users = (
+                (account.batch_api_user, account.batch_api_key_encrypted, "batch"),
+                (account.trigger_api_user, account.trigger_api_key_encrypted, "trigger"),
+            )
+            try:
+                for name, key, kind in users:
+                    if not name or not key or simulator.knows(name):
+                        continue
+                    simulator.add_api_user(
+                        DEMO_API_USER,
+                        name,
+                        state.secrets.decrypt(key),
+                        email_type=kind,
+                        domain=domain[0] if domain else None,
+                    )
+                    restored.append(name)
+                if account.webhook_registered_at is not None and account.webhook_app_key_encrypted:
+                    simulator.webhook_app_key = state.secrets.decrypt(account.webhook_app_key_encrypted)
+                    simulator.set_webhook_target(
+                        account.webhook_url or webhooks.webhook_url(state.settings, account.workspace_id)
+                    )
+            except ConfigurationError as exc:
+                log.warning("sandbox account %s not restored: %s", account.id, exc)
+    finally:
+        session.rollback()
     return restored
 
 
