@@ -367,6 +367,9 @@ def test_list_searches_filters_sorts_and_pages(session, workspace, other_workspa
     page = svc.list_campaigns(session, workspace.id, q="ALPHA", sort="name", order="asc")
     assert ([c.name for c in page.rows], page.all_count) == (["Alpha 100%", "alphabet"], 4)
     assert [c.name for c in svc.list_campaigns(session, workspace.id, q="100%").rows] == ["Alpha 100%"]
+    c.label = "Spring_Fair"  # a search finds the SendCloud label a campaign was filed under too
+    session.commit()
+    assert [c.name for c in svc.list_campaigns(session, workspace.id, q="spring_f").rows] == ["alphabet"]
     assert [c.name for c in svc.list_campaigns(session, workspace.id, status="scheduled").rows] == [
         "alphabet"
     ]

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from ..config import Settings
@@ -635,8 +635,13 @@ def list_campaigns(
     scope = select(Campaign).where(Campaign.workspace_id == workspace_id)
     all_count = session.scalar(select(func.count()).select_from(scope.subquery())) or 0
     needle = " ".join(q.split()).lower()
-    if needle:
-        scope = scope.where(func.lower(Campaign.name).contains(needle, autoescape=True))
+    if needle:  # the name, or the SendCloud label a campaign was filed under
+        scope = scope.where(
+            or_(
+                func.lower(Campaign.name).contains(needle, autoescape=True),
+                func.lower(Campaign.label).contains(needle, autoescape=True),
+            )
+        )
     if status in lifecycle.STATUSES:
         scope = scope.where(Campaign.status == status)
     total = session.scalar(select(func.count()).select_from(scope.subquery())) or 0
