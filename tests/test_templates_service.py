@@ -74,6 +74,8 @@ def test_unknown_variables_are_rejected_when_saving(session, workspace, settings
     assert set(errors) == {"subject", "html"}
     assert "compnay" in errors["subject"]
     assert "VAR3" in errors["html"]
+    assert "{VAR3}" in errors["html"]  # quoted as written, not as {{VAR3}}
+    assert "{{VAR3}}" not in errors["html"]
     session.rollback()
     assert service.count_templates(session, workspace.id) == 0
     session.add(CustomField(workspace_id=workspace.id, key="var3", label="VAR3"))

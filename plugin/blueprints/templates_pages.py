@@ -447,7 +447,9 @@ def preview():
         size_bytes=result.size_bytes,
         large=result.large,
         unknown=result.unknown,
-        unknown_message={f: rendering.unknown_message(names) for f, names in result.unknown.items()},
+        unknown_message={
+            f: rendering.unknown_message(names, result.written) for f, names in result.unknown.items()
+        },
         variables=result.variables,
         contact=(
             {"id": contact.id, "email": contact.email, "name": contact.name or ""}

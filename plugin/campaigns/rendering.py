@@ -176,8 +176,19 @@ class UnknownVariables(InvalidInput):
         self.by_field = by_field
 
 
-def unknown_message(names: Iterable[str]) -> str:
-    shown = ", ".join("{{%s}}" % n for n in names)  # noqa: UP031 - braces are literal here
+def written_as(uses: Iterable[VariableUse]) -> dict[str, str]:
+    """Each variable name as the user first wrote it (``{VOUCHER}``, ``{{ name | there }}``)."""
+    written: dict[str, str] = {}
+    for use in uses:
+        written.setdefault(use.name, " ".join(use.token.split()))
+    return written
+
+
+def unknown_message(names: Iterable[str], written: Mapping[str, str] | None = None) -> str:
+    """The message naming unknown variables, each as the user wrote it when ``written`` says
+    (a ``{VOUCHER}`` quoted back as ``{{VOUCHER}}`` looked like something else)."""
+    written = written or {}
+    shown = ", ".join(written.get(n) or "{{%s}}" % n for n in names)  # noqa: UP031 - literal braces
     return _(
         "Unknown variable(s): %(names)s. Use a contact field, a custom field or a built-in "
         "(see “Variables”), or remove the braces.",
@@ -191,12 +202,15 @@ def check_variables(uses: Iterable[VariableUse], known_fields: set[str]) -> None
     ``field`` is the first field with an unknown name (subject before html before text), so a
     form shows the message beside it; ``by_field`` has the names for every field.
     """
+    uses = list(uses)
     by_field = unknown_variables(uses, known_fields)
     if not by_field:
         return
     first = next(f for f in ("subject", "html", "text") if f in by_field)
     every = [n for f in ("subject", "html", "text") for n in by_field.get(f, [])]
-    raise UnknownVariables(unknown_message(dict.fromkeys(every)), field=first, by_field=by_field)
+    raise UnknownVariables(
+        unknown_message(dict.fromkeys(every), written_as(uses)), field=first, by_field=by_field
+    )
 
 
 def custom_field_keys(session: Session, workspace_id: int) -> list[str]:

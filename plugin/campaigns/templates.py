@@ -100,6 +100,8 @@ class Preview:
     large: bool
     unknown: dict[str, list[str]]
     variables: list[str]
+    #: Each variable name as the user wrote it (for the unknown-variable message).
+    written: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- reading
@@ -213,8 +215,9 @@ def validate(
             errors[field] = problem
     uses = rendering.find_variables(subject, html, text or "")
     unknown = rendering.unknown_variables(uses, rendering.known_fields(session, workspace_id))
+    written = rendering.written_as(uses)
     for field, names in unknown.items():
-        errors.setdefault(field, rendering.unknown_message(names))
+        errors.setdefault(field, rendering.unknown_message(names, written))
     if errors:
         raise TemplateInvalid(errors)
     return sorted({u.key for u in uses})
@@ -602,6 +605,7 @@ def preview(
         large=content.size_bytes > LARGE_BYTES,
         unknown=unknown,
         variables=sorted({u.key for u in uses}),
+        written=rendering.written_as(uses),
     )
 
 
