@@ -309,3 +309,18 @@ def test_a_cancelled_campaigns_unsent_recipients_are_not_said_to_be_waiting(logi
     assert "Not sent (cancelled)" in body
     assert "Not sent yet" not in body
     assert "user0@example.net" in body
+
+
+def test_a_campaigns_recipients_page_sits_under_campaigns_in_the_menu(login, sent):
+    """The campaign's own pages highlight Campaigns; the statistics overview highlights itself."""
+    nav = re.compile(r'<nav class="[^"]*plugin-nav[^"]*"[^>]*>(.*?)</nav>', re.S)
+
+    def current(body: str) -> list[str]:
+        menu = nav.search(body)
+        source = menu.group(1) if menu else body
+        return re.findall(r'aria-current="page">([^<]+)<', source)
+
+    browser = login("sales")
+    assert current(text(browser.get(url(sent)))) == ["Campaigns"]
+    assert current(text(browser.get(f"/marketing/campaigns/{sent.id}/stats"))) == ["Campaigns"]
+    assert current(text(browser.get("/marketing/stats"))) == ["Statistics"]

@@ -93,12 +93,17 @@ NAV: tuple[tuple[str, str, str], ...] = (
 def _nav() -> list[dict[str, object]]:
     state = get_state()
     current = request.endpoint or ""
+    # A campaign's own statistics and recipients belong to that campaign: its section is
+    # Campaigns, where the user came from, not the Statistics overview.
+    current_section = current.split(".", 1)[0]
+    if current_section == "marketing_stats" and "campaign_id" in (request.view_args or {}):
+        current_section = "marketing_campaigns"
     items = []
     for endpoint, label, permission in NAV:
         if endpoint not in current_app.view_functions or not can(permission, state.role_loader):
             continue
         section = endpoint.split(".", 1)[0]
-        active = current == endpoint if section == "marketing" else current.startswith(section + ".")
+        active = current == endpoint if section == "marketing" else current_section == section
         items.append({"url": url_for(endpoint), "label": str(label), "active": active})
     return items
 
