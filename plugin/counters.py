@@ -201,6 +201,22 @@ def send_rows(
     return rows
 
 
+def count_outside_campaigns(session: Session, workspace_id: int, address: str, *, accepted: bool) -> None:
+    """Count one mail sent outside campaigns (campaign 0: trigger mail, the wizard's reply-to
+    confirmation) as campaigns count theirs: submitted, and sent when accepted.  Their delivery
+    and bounce events already count there, and the account's daily table adds campaign 0 in:
+    without the send side it showed more mails delivered than sent.  Does not commit."""
+    rows = send_rows(
+        workspace_id=workspace_id,
+        campaign_id=0,
+        at=dt.datetime.now(dt.UTC),
+        template_id=None,
+        sender_id=None,
+        outcomes=[(address, accepted)],
+    )
+    add_rows(session, rows)
+
+
 def totals(session: Session, campaign_id: int) -> dict[str, int]:
     """Every metric's campaign total (missing metrics are 0)."""
     result = dict.fromkeys(METRICS, 0)

@@ -646,9 +646,9 @@ class SetupWizard:
                 field="reply_to",
             )
         sender.reply_to_verification_sent_at = now
-        from .trigger_mail import count_mail_outside_campaigns
+        from . import counters
 
-        count_mail_outside_campaigns(
+        counters.count_outside_campaigns(
             self.session,
             self.workspace_id,
             sender.reply_to,

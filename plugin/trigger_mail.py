@@ -42,7 +42,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from . import quota
+from . import counters, quota
 from .addresses import normalize_email
 from .channels import ProviderFactory
 from .config import Settings
@@ -674,26 +674,6 @@ def _send_with_retries(
     return "failed", None, last_error, False  # pragma: no cover - the loop always returns
 
 
-def count_mail_outside_campaigns(
-    session: Session, workspace_id: int, address: str, *, accepted: bool
-) -> None:
-    """Count one mail sent outside campaigns (campaign 0) as campaigns count theirs: submitted,
-    and sent when accepted.  Their delivery and bounce events already count there, and the
-    account's daily table adds campaign 0 in: without the send side it showed more mails
-    delivered than sent.  Does not commit."""
-    from . import counters
-
-    rows = counters.send_rows(
-        workspace_id=workspace_id,
-        campaign_id=0,
-        at=utcnow(),
-        template_id=None,
-        sender_id=None,
-        outcomes=[(address, accepted)],
-    )
-    counters.add_rows(session, rows)
-
-
 def _finish(
     session: Session,
     mail: TriggerMail,
@@ -711,7 +691,7 @@ def _finish(
     if status == "sent":
         mail.sent_at = utcnow()
     if answered:
-        count_mail_outside_campaigns(session, mail.workspace_id, mail.to_email, accepted=status == "sent")
+        counters.count_outside_campaigns(session, mail.workspace_id, mail.to_email, accepted=status == "sent")
     session.commit()
     log.info("trigger mail %s: %s after %s attempt(s)", mail.id, status, mail.attempts)
 

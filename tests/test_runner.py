@@ -94,6 +94,15 @@ def _sync(session, workspace_id, account, ctx):
     quota_sync.sync_account(session, workspace_id, account, ctx.provider(account, "batch"))
 
 
+def _batch_ledger(session, account_id: int) -> int:
+    """The id of the account's whole-account campaign ledger (today's)."""
+    return session.scalar(
+        select(QuotaLedger.id).where(
+            QuotaLedger.account_id == account_id, QuotaLedger.channel == "batch", QuotaLedger.owner == ""
+        )
+    )
+
+
 def _mails_to(sim, api_user):
     return [m for m in sim.mails() if m.api_user == api_user]
 
@@ -503,13 +512,7 @@ def test_reservations_are_settled_to_what_was_accepted(app, session, workspace, 
     ctx = _ctx(app)
     runner.start(session, c.id, ctx)
     runner.run_campaign(session, c.id, ctx)
-    ledger = session.scalar(
-        select(QuotaLedger.id).where(
-            QuotaLedger.account_id == setup["account"].id,
-            QuotaLedger.channel == "batch",
-            QuotaLedger.owner == "",
-        )
-    )
+    ledger = _batch_ledger(session, setup["account"].id)
     _limit, reserved, committed = quota.ledger_totals(session, ledger)
     assert (reserved, committed) == (0, 130)
 
@@ -540,13 +543,7 @@ def test_a_reservation_that_expired_during_the_send_is_still_counted_once(
 
     ctx = _ctx(app, on_step=expire_during_send)
     runner.start(session, c.id, ctx)
-    ledger_id = session.scalar(
-        select(QuotaLedger.id).where(
-            QuotaLedger.account_id == setup["account"].id,
-            QuotaLedger.channel == "batch",
-            QuotaLedger.owner == "",
-        )
-    )
+    ledger_id = _batch_ledger(session, setup["account"].id)
     assert runner.run_campaign(session, c.id, ctx) == runner.DONE
     assert expired == [100]  # the first batch's reservation, expired under it
     _limit, reserved, committed = quota.ledger_totals(session, ledger_id)

@@ -122,7 +122,7 @@ def index(*, share_errors=None, share_form=None, cap_errors=None, cap_form=None,
     # The provider's own count beside it, when it speaks of today (an older sync says nothing).
     synced_today = (
         latest.used_today
-        if latest is not None and quota.provider_day(latest.fetched_at) == quota.provider_day(utcnow())
+        if latest is not None and quota.provider_day(latest.fetched_at) == today
         else None
     )
     caps, total, pages = _caps_page(session, ws, args)

@@ -142,6 +142,8 @@ def restore_sandbox_account(app: Flask) -> list[str]:
     whose key cannot be read (another instance's secrets) is skipped with a warning.  Returns
     the restored names.  Needs an app context.
     """
+    from sqlalchemy import select
+
     from .. import webhooks
     from ..errors import ConfigurationError
     from ..extension import get_state
@@ -155,13 +157,15 @@ def restore_sandbox_account(app: Flask) -> list[str]:
     session = state.session
     restored: list[str] = []
     try:
-        accounts = session.query(ProviderAccount).filter(
-            ProviderAccount.kind == "sendcloud", ProviderAccount.api_user == DEMO_API_USER
-        )
+        accounts = session.scalars(
+            select(ProviderAccount).where(
+                ProviderAccount.kind == "sendcloud", ProviderAccount.api_user == DEMO_API_USER
+            )
+        ).all()
         for account in accounts:
-            domain = session.query(SendingDomain.name).filter(
-                SendingDomain.workspace_id == account.workspace_id
-            ).first()
+            domain = session.scalar(
+                select(SendingDomain.name).where(SendingDomain.workspace_id == account.workspace_id).limit(1)
+            )
             users = (
                 (account.batch_api_user, account.batch_api_key_encrypted, "batch"),
                 (account.trigger_api_user, account.trigger_api_key_encrypted, "trigger"),
@@ -175,7 +179,7 @@ def restore_sandbox_account(app: Flask) -> list[str]:
                         name,
                         state.secrets.decrypt(key),
                         email_type=kind,
-                        domain=domain[0] if domain else None,
+                        domain=domain,
                     )
                     restored.append(name)
                 if account.webhook_registered_at is not None and account.webhook_app_key_encrypted:
