@@ -34,7 +34,7 @@ from collections.abc import Callable
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import bindparam, case, func, literal, select, update
+from sqlalchemy import BigInteger, Integer, String, bindparam, case, func, literal, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -360,18 +360,29 @@ _COMMIT_HELD = (
     .values(status=COMMITTED, amount=bindparam("used"))
     .returning(_RESERVATIONS.c.ledger_id)
 )
-#: The same and its ledger in one statement (PostgreSQL; reservation row first, then the ledger,
-#: the order ``release`` and the lease sweep lock them in).
-_SETTLED_CTE = _COMMIT_HELD.cte("settled")
-_SETTLE_HELD_PG = (
-    _LEDGER.update()
-    .where(_LEDGER.c.id == _SETTLED_CTE.c.ledger_id)
-    .values(
-        reserved=_LEDGER.c.reserved - bindparam("held"),
-        committed=_LEDGER.c.committed + bindparam("used"),
+#: PostgreSQL: ``commit_reservation`` whole in one statement whose answer nobody waits for.  A
+#: held reservation gives back its amount, an expired one (already given back) nothing; either
+#: becomes ``committed`` for ``:used`` and the ledger counts ``:used``.  Any other state, or a
+#: reservation smaller than ``:used``, changes nothing.  Locks the reservation row, then the
+#: ledger, as ``release`` and the lease sweep do.
+_SETTLE_ANY_PG = bulk_sql.Hot(
+    text(
+        "WITH old AS (SELECT id, ledger_id, status, amount FROM marketing_quota_reservations "
+        "WHERE id = :rid FOR UPDATE), "
+        "settled AS (UPDATE marketing_quota_reservations AS r SET status = :committed, amount = :used "
+        "FROM old WHERE r.id = old.id AND old.status IN (:held, :expired) AND old.amount >= :used "
+        "RETURNING old.ledger_id, old.status AS was, old.amount AS amount) "
+        "UPDATE marketing_quota_ledger AS l SET "
+        "reserved = l.reserved - CASE WHEN settled.was = :held THEN settled.amount ELSE 0 END, "
+        "committed = l.committed + :used FROM settled WHERE l.id = settled.ledger_id"
+    ).bindparams(
+        bindparam("rid", type_=BigInteger()),
+        bindparam("used", type_=Integer()),
+        bindparam("committed", COMMITTED, type_=String()),
+        bindparam("held", HELD, type_=String()),
+        bindparam("expired", EXPIRED, type_=String()),
     )
 )
-_SETTLE_HELD_HOT = bulk_sql.Hot(_SETTLE_HELD_PG)
 #: ``commit_reservation``'s statements, hot so that it also runs inside the runner's pipelined
 #: record transaction (``bulk_sql.pipeline``), where the session itself must not execute.
 _RESERVATION_HOT = bulk_sql.Hot(_RESERVATION)
@@ -839,8 +850,7 @@ def settle(session: Session, grant: Grant, used: int) -> None:
     """
     used = max(0, min(int(used), grant.amount))
     for reservation_id in _in_lock_order(grant):
-        if not _settle_held(session, reservation_id, grant.amount, used):
-            commit_reservation(session, reservation_id, used, commit=False)
+        _settle_one(session, reservation_id, grant.amount, used)
 
 
 def _in_lock_order(grant: Grant) -> list[int]:
@@ -853,19 +863,24 @@ def _in_lock_order(grant: Grant) -> list[int]:
     return [grant.cap_reservation_id, grant.reservation_id]
 
 
-def _settle_held(session: Session, reservation_id: int, held: int, used: int) -> bool:
-    """``commit_reservation`` for the usual case, a reservation still held for exactly ``held``:
-    one statement on PostgreSQL, two on SQLite, instead of a read and two writes (this runs for
-    every batch).  ``False`` when the reservation is not in that state (nothing changed): the
-    caller then takes the general path."""
+def _settle_one(session: Session, reservation_id: int, held: int, used: int) -> None:
+    """``commit_reservation`` for one of a batch's reservations, in as few round trips as each
+    database allows (this runs for every batch).
+
+    PostgreSQL: one statement that covers every state, so nothing reads its answer.  The
+    runner sends it in a pipeline with the COMMIT; a statement whose row count decided what to
+    send next made the client wait for it and then for its interpreter lock while the ledger
+    row, which every worker of the account writes, stayed locked.  SQLite: the usual case, a
+    reservation still held for exactly ``held``, in two statements, else the general path."""
     params = {"rid": reservation_id, "held": held, "used": used}
     if session.get_bind().dialect.name == "postgresql":
-        return _SETTLE_HELD_HOT.run(session, params).rowcount == 1
+        _SETTLE_ANY_PG.run(session, {"rid": reservation_id, "used": used})
+        return
     ledger_id = session.execute(_COMMIT_HELD, params).scalar_one_or_none()
     if ledger_id is None:
-        return False
+        commit_reservation(session, reservation_id, used, commit=False)
+        return
     session.execute(_SETTLE_LEDGER, {"lid": ledger_id, "back": held, "used": used})
-    return True
 
 
 def give_back(session: Session, grant: Grant) -> None:

@@ -317,7 +317,7 @@ def test_caps_and_account_ledgers_are_always_locked_cap_first(
 
         monkeypatch.setattr(quota, name, watched)
 
-    for name in ("reserve", "_settle_held", "commit_reservation", "release"):
+    for name in ("reserve", "_settle_one", "commit_reservation", "release"):
         watch(name)
 
     grant = quota.reserve_for_send(

@@ -213,6 +213,15 @@ def test_quota_pause_shows_a_reason_and_resumes_the_next_provider_day(
     counts = Counter(m.recipient for m in _mails_to(sim, setup["api_user"]))
     assert len(counts) == 400
     assert set(counts.values()) == {1}
+    # Batches numbered without gaps or repeats, each key made of its number, whichever way it
+    # was claimed (on PostgreSQL a claim the ledger could not cover is rolled back and redone
+    # reserve-first: its number must not be used up).
+    batches = session.execute(
+        select(SendBatch.seq, SendBatch.idempotency_key, SendBatch.size).where(SendBatch.campaign_id == c.id)
+    ).all()
+    assert sorted(b.seq for b in batches) == list(range(1, len(batches) + 1))
+    assert all(b.idempotency_key == f"mkt-w{workspace.id}-c{c.id}-b{b.seq}" for b in batches)
+    assert sorted(b.size for b in batches) == [50, 50, 100, 100, 100]
 
 
 def test_provider_quota_answer_pauses_at_once(app, session, workspace, setup, tagged_campaign, sim):
