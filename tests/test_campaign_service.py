@@ -415,6 +415,50 @@ def test_status_reports_progress_rate_and_eta(session, workspace, kit_setup):
     assert "Daily quota used up" in paused["pause_text"]
 
 
+def test_time_left_says_when_todays_quota_cannot_cover_the_rest(session, workspace, kit_setup, sim_snapshot):
+    """Quota 10 a day: a running campaign with 18 to go would show the rate's minutes; it shows
+    the days and says the rest waits for the quota's reset (the same forecast as the form)."""
+    settings = get_state().settings
+    now = utcnow()
+    campaign = svc.save_draft(session, workspace.id, spec(kit_setup), user_id="1")
+    lifecycle.transition(session, campaign, lifecycle.RUNNING, now=now - dt.timedelta(minutes=1))
+    campaign.total = 18
+    session.add(
+        SendBatch(
+            workspace_id=workspace.id,
+            campaign_id=campaign.id,
+            seq=1,
+            idempotency_key=f"k{campaign.id}-1",
+            size=2,
+            status="sent",
+            sent_at=now - dt.timedelta(seconds=20),
+        )
+    )
+    session.commit()
+    assert svc.status_of(session, campaign, now=now)["eta_seconds"] is not None  # without settings
+    status = svc.status_of(session, campaign, now=now, settings=settings)
+    assert (status["eta_seconds"], status["eta_days"]) == (None, 2)
+    assert "covers about 10 more" in status["quota_note"]
+    assert "resets" in status["quota_note"]
+
+    campaign.total = 8  # fits in today's 10: the rate's time left stands
+    session.commit()
+    fits = svc.status_of(session, campaign, now=now, settings=settings)
+    assert (fits["eta_days"], fits["quota_note"]) == (None, "")
+    assert fits["eta_seconds"] is not None
+
+    campaign.total = 18
+    lifecycle.transition(session, campaign, lifecycle.PAUSED, reason="user")  # not the quota's doing
+    session.commit()
+    assert svc.status_of(session, campaign, now=now, settings=settings)["quota_note"] == ""
+    lifecycle.transition(session, campaign, lifecycle.RUNNING)
+    lifecycle.transition(session, campaign, lifecycle.PAUSED, reason="quota")
+    session.commit()
+    waiting = svc.status_of(session, campaign, now=now, settings=settings)
+    assert waiting["eta_days"] == 2
+    assert "the rest goes out after" in waiting["quota_note"]
+
+
 def test_times_typed_in_the_users_zone_are_stored_utc():
     shanghai = ZoneInfo("Asia/Shanghai")
     typed = dt.datetime(2030, 1, 2, 9, 30)

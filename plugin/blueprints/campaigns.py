@@ -412,7 +412,9 @@ def audience_count():
 def status(campaign_id: int):
     campaign = _campaign(campaign_id)
     state = get_state()
-    payload = campaigns.status_of(state.session, campaign, default_pace=state.settings.send_rate)
+    payload = campaigns.status_of(
+        state.session, campaign, default_pace=state.settings.send_rate, settings=state.settings
+    )
     get_state().session.commit()
     return jsonify(schemas.status_out.dump(payload)), 200, {"Cache-Control": "no-store"}
 
@@ -460,7 +462,9 @@ def show(campaign_id: int):
     html = render_template(
         "marketing/campaigns/show.html",
         campaign=campaign,
-        progress=campaigns.status_of(s, campaign, default_pace=get_state().settings.send_rate),
+        progress=campaigns.status_of(
+            s, campaign, default_pace=state.settings.send_rate, settings=state.settings
+        ),
         verdict=verdict,
         names=names,
         account=account if account is not None and account.workspace_id == ws else None,

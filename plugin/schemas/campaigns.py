@@ -163,7 +163,11 @@ class StatusOut(Schema):
     pending = fields.Integer()
     percent = fields.Float()
     rate_per_minute = fields.Float()
+    #: ``None`` when unknown, and when today's quota stops the campaign before the end (``eta_days``).
     eta_seconds = fields.Integer(allow_none=True)
+    #: Calendar days until the last mail at the current quota, when today's cannot cover the rest.
+    eta_days = fields.Integer(allow_none=True)
+    quota_note = fields.String()
     pause_reason = fields.String(allow_none=True)
     pause_text = fields.String()
     last_error = fields.String(allow_none=True)

@@ -209,3 +209,12 @@ def test_sales_tags_the_repliers_and_an_exclusion_drops_exactly_them(page, works
     page.check(f'input[name="exclude_tags"][value="{tag.id}"]')
     page.wait_for_selector('#audience-counts [data-count="final"]:text-is("9")')
     assert page.inner_text('#audience-counts [data-count="excluded"]') == "3"
+    assert page.locator("#window-note").is_hidden()
+
+    # A custom send count: the suppressed and invalid figures cover the window only, and the
+    # form says how many contacts fall outside it (else "suppressed 0" reads as "none at all").
+    page.check("#custom_count")
+    page.fill("#skip_count", "4")
+    page.wait_for_selector('#audience-counts [data-count="final"]:text-is("5")')
+    page.wait_for_selector("#window-note:not([hidden])")
+    assert page.inner_text("#window-note").startswith("4 contacts fall outside the custom send count")

@@ -44,6 +44,12 @@
       const value = values ? values[el.getAttribute("data-count")] : null;
       el.textContent = value === null || value === undefined ? "—" : numbers.format(value);
     });
+    // With skip N / at most M the suppressed and invalid figures cover the window only: say so,
+    // or "suppressed 0" reads as if the list had none.
+    const outside = values ? values.outside_window : 0;
+    const note = document.getElementById("window-note");
+    note.textContent = outside ? text.outsideWindow.replace("%(n)s", numbers.format(outside)) : "";
+    note.hidden = !outside;
   }
 
   function showProblem(errors) {

@@ -35,7 +35,14 @@
     set("failed", numbers.format(data.failed));
     set("skipped", numbers.format(data.skipped));
     set("rate_per_minute", numbers.format(data.rate_per_minute));
-    set("eta", data.status === "running" ? eta(data.eta_seconds) : text.none);
+    if (data.eta_days) {  // today's quota cannot cover the rest: days, not the rate's minutes
+      set("eta", (data.eta_days === 1 ? text.day : text.days).replace("%(num)s", numbers.format(data.eta_days)));
+    } else {
+      set("eta", data.status === "running" ? eta(data.eta_seconds) : text.none);
+    }
+    const note = document.getElementById("quota-note");
+    note.textContent = data.quota_note || "";
+    note.hidden = !data.quota_note;
     const reason = document.getElementById("pause-reason");
     reason.textContent = data.pause_text || "";
     reason.hidden = !data.pause_text;
