@@ -131,6 +131,12 @@ def add_rows(session: Session, rows: Iterable[dict]) -> None:
             merged[key] = [row["workspace_id"], row["count"]]
         else:
             cell[1] += row["count"]
+    _upsert_merged(session, merged)
+
+
+def _upsert_merged(session: Session, merged: dict[tuple, list]) -> None:
+    """Upsert cells keyed ``(campaign_id, metric, dimension, key, bucket)`` → ``[workspace_id,
+    count]``, in key order (see :func:`add_rows`)."""
     if not merged:
         return
     ordered = sorted(merged)  # buckets are aware UTC hours (``hour_bucket``): they order as times
@@ -171,11 +177,38 @@ def send_rows(
     sender_id: int | None,
     outcomes: Iterable[tuple[str, bool]],
 ) -> list[dict]:
-    """Cells for ``submitted`` (every address handed over) and ``sent`` (accepted) of one batch.
+    """Cells for ``submitted`` (every address handed over) and ``sent`` (accepted) of one batch,
+    as :func:`add_rows` takes them (a caller adding other cells in the same upsert)."""
+    merged = _send_cells(workspace_id, campaign_id, at, template_id, sender_id, outcomes)
+    return [
+        _cell(ws, c, metric, dim, key, bucket, n) for (c, metric, dim, key, bucket), (ws, n) in merged.items()
+    ]
 
-    ``outcomes`` are ``(address, accepted)``; the runner adds the rows with :func:`add_rows` in the
-    transaction that records the batch, so the counts are exactly the recorded results.
-    """
+
+def add_send_counts(
+    session: Session,
+    *,
+    workspace_id: int,
+    campaign_id: int,
+    at: dt.datetime,
+    template_id: int | None,
+    sender_id: int | None,
+    outcomes: Iterable[tuple[str, bool]],
+) -> None:
+    """``add_rows(send_rows(...))`` without a dict per cell: the runner counts every batch this
+    way (a hundred outcomes, a hundred cells with the per-domain ones), in the transaction that
+    records it, so the counts are exactly the recorded results.  Does not commit."""
+    _upsert_merged(session, _send_cells(workspace_id, campaign_id, at, template_id, sender_id, outcomes))
+
+
+def _send_cells(
+    workspace_id: int,
+    campaign_id: int,
+    at: dt.datetime,
+    template_id: int | None,
+    sender_id: int | None,
+    outcomes: Iterable[tuple[str, bool]],
+) -> dict[tuple, list]:
     bucket = hour_bucket(at)
     # Count per domain first, then write each cell once: a batch has 100 outcomes but only a few
     # cells (the campaign's, its template's and sender's, one per domain), and a row per outcome
@@ -187,18 +220,18 @@ def send_rows(
         submitted[domain] += 1
         if accepted:
             sent[domain] += 1
-    totals = {"submitted": sum(submitted.values()), "sent": sum(sent.values())}
     common = cells(template_id=template_id, sender_id=sender_id)
-    rows: list[dict] = []
+    merged: dict[tuple, list] = {}
     for metric, by_domain in (("submitted", submitted), ("sent", sent)):
-        if not totals[metric]:
+        total = sum(by_domain.values())
+        if not total:
             continue
         for dimension, key in common:
-            rows.append(_cell(workspace_id, campaign_id, metric, dimension, key, bucket, totals[metric]))
+            merged[(campaign_id, metric, dimension, key, bucket)] = [workspace_id, total]
         for domain, n in by_domain.items():
             if domain:
-                rows.append(_cell(workspace_id, campaign_id, metric, "domain", domain, bucket, n))
-    return rows
+                merged[(campaign_id, metric, "domain", domain, bucket)] = [workspace_id, n]
+    return merged
 
 
 def count_outside_campaigns(session: Session, workspace_id: int, address: str, *, accepted: bool) -> None:
@@ -280,6 +313,7 @@ __all__ = [
     "DIMENSIONS",
     "METRICS",
     "add_rows",
+    "add_send_counts",
     "breakdown",
     "bump",
     "cells",

@@ -142,6 +142,37 @@ def test_compact_tokens_are_short_purpose_bound_and_older_tokens_still_work(app)
     assert tracking.read_unsubscribe(settings, older) == (3, 42)  # links in mail already sent
 
 
+def test_a_recipients_three_tags_are_slices_of_one_mac_and_earlier_tags_still_work(app):
+    """One HMAC-SHA512 per recipient gives its unsubscribe, open and click tags; none of them
+    opens another purpose, and tags signed the earlier way (HMAC-SHA256 per purpose, in mail
+    sent before) are still accepted."""
+    import base64
+    import hashlib
+    import hmac
+
+    from plugin import tracking
+    from plugin.errors import InvalidInput
+    from plugin.extension import get_state
+
+    settings = get_state().settings
+    secret = settings.token_secret
+    unsubscribe, opened, clicked = tracking.link_token_maker(settings, 5)(1234)
+    digest = hmac.new(tracking._links_key(secret), b"5.1234", hashlib.sha512).digest()
+    tags = [base64.urlsafe_b64encode(digest[i : i + 12]).decode() for i in (0, 12, 24)]
+    assert [t.rsplit(".", 1)[1] for t in (unsubscribe, opened, clicked)] == tags
+    assert len(set(tags)) == 3
+    for token, purpose in ((unsubscribe, "unsubscribe"), (opened, "open"), (clicked, "click")):
+        assert tracking.read_id_token(secret, purpose, token) == (5, 1234)
+        for other in {"unsubscribe", "open", "click"} - {purpose}:
+            with pytest.raises(InvalidInput):
+                tracking.read_id_token(secret, other, token)
+    earlier = f"5.1234.{tracking._mac(secret, 'unsubscribe', 5, 1234)}"
+    assert earlier != unsubscribe
+    assert tracking.read_unsubscribe(settings, earlier) == (5, 1234)
+    with pytest.raises(InvalidInput):
+        tracking.read_open(settings, earlier)
+
+
 def test_the_runners_token_makers_sign_exactly_as_the_single_token_functions(app):
     from plugin import tracking
     from plugin.extension import get_state

@@ -1316,11 +1316,9 @@ def _build_message(
     rng = random.Random(batch.id)
     recipients = []
     public = tracking.public_base(ctx.settings)
-    unsubscribe_token = tracking.id_token_maker(ctx.settings, "unsubscribe", campaign.workspace_id)
-    open_token = tracking.id_token_maker(ctx.settings, "open", campaign.workspace_id)
-    click_token = tracking.id_token_maker(ctx.settings, "click", campaign.workspace_id)
+    link_tokens = tracking.link_token_maker(ctx.settings, campaign.workspace_id)
     for recipient_id, contact_id, email, _attempts in members:
-        unsubscribe = unsubscribe_token(recipient_id)
+        unsubscribe, opened, clicked = link_tokens(recipient_id)
         values = rendering.recipient_values(
             content,
             contacts.get(contact_id) if contact_id is not None else None,
@@ -1331,8 +1329,8 @@ def _build_message(
         )
         values[tracking.UNSUBSCRIBE_PLACEHOLDER] = unsubscribe
         if content.tracking:
-            values[rendering.OPEN_PLACEHOLDER] = open_token(recipient_id)
-            values[rendering.CLICK_PLACEHOLDER] = click_token(recipient_id)
+            values[rendering.OPEN_PLACEHOLDER] = opened
+            values[rendering.CLICK_PLACEHOLDER] = clicked
         message_id = f"<mkt.{campaign.id}.{recipient_id}@{domain}>" if account.kind == "smtp" else None
         recipients.append(Recipient(email=email, variables=values, message_id=message_id))
     template_name = sender_info.get("template_name") if account.kind == "sendcloud" else None
@@ -1496,16 +1494,14 @@ def _record(
         for member, row in zip(members, updates, strict=True)
         if row[0] != "pending"
     ]
-    counters.add_rows(
+    counters.add_send_counts(
         session,
-        counters.send_rows(
-            workspace_id=campaign.workspace_id,
-            campaign_id=campaign.id,
-            at=now,
-            template_id=batch.template_id,
-            sender_id=batch.sender_id,
-            outcomes=outcomes,
-        ),
+        workspace_id=campaign.workspace_id,
+        campaign_id=campaign.id,
+        at=now,
+        template_id=batch.template_id,
+        sender_id=batch.sender_id,
+        outcomes=outcomes,
     )
     quota.settle(session, batch.grant, accepted + unknown)
     closed = {"bid": batch.id, "at": now}
