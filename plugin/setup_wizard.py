@@ -27,8 +27,7 @@ from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from . import webhooks
-from .addresses import normalize_email, split_email
+from . import senders, webhooks
 from .config import Settings
 from .crypto import SecretBox
 from .errors import (
@@ -551,28 +550,19 @@ class SetupWizard:
         domain = self.domain()
         if domain is None:
             raise InvalidTransition(_("Register the domain at SendCloud first."))
-        errors: dict[str, str] = {}
-        address = _email_or_error(from_address, "from_address", errors)
-        if address and split_email(address)[1] != domain.name.lower():
-            errors["from_address"] = _("The from address must be on %(domain)s.", domain=domain.name)
-        reply = _email_or_error(reply_to, "reply_to", errors)
-        from_name = (from_name or "").strip()
-        if not from_name:
-            errors["from_name"] = _("Enter the name recipients see as the sender.")
-        elif len(from_name) > 200:
-            errors["from_name"] = _("At most %(n)s characters.", n=200)
-        company_name = (company_name or "").strip()
-        if not company_name:
-            errors["company_name"] = _("The company name is printed in every mail footer; enter it.")
-        elif len(company_name) > 200:
-            errors["company_name"] = _("At most %(n)s characters.", n=200)
-        postal_address = (postal_address or "").strip()
-        if not postal_address:
-            errors["postal_address"] = _("The postal address is printed in every mail footer; enter it.")
-        elif len(postal_address) > 1000:
-            errors["postal_address"] = _("At most %(n)s characters.", n=1000)
-        if errors:
-            raise SenderErrors(errors)
+        clean, _domain = senders.load(
+            {
+                "from_address": from_address,
+                "from_name": from_name,
+                "reply_to": reply_to,
+                "company_name": company_name,
+                "postal_address": postal_address,
+            },
+            [domain],
+        )
+        address, reply = clean["from_address"], clean["reply_to"]
+        from_name, company_name = clean["from_name"], clean["company_name"]
+        postal_address = clean["postal_address"]
         sender = self.sender()
         if sender is None:
             sender = Sender(workspace_id=self.workspace_id, from_address=address, is_default=True)
@@ -736,15 +726,6 @@ class SetupWizard:
             self.session.execute(statement.execution_options(synchronize_session=False))
         self.session.expire_all()
         self.session.flush()
-
-
-class SenderErrors(InvalidInput):
-    """Several sender fields are wrong at once; ``errors`` maps each field to its message."""
-
-    def __init__(self, errors: dict[str, str]) -> None:
-        first_field, first_message = next(iter(errors.items()))
-        super().__init__(first_message, field=first_field)
-        self.errors = errors
 
 
 def confirm_reply_to(
@@ -932,18 +913,6 @@ def _hook_url(hook: Any) -> str | None:
     if isinstance(hook, dict):
         return hook.get("url") or hook.get("URL")
     return getattr(hook, "url", None)
-
-
-def _email_or_error(raw: str, field: str, errors: dict[str, str]) -> str:
-    try:
-        return normalize_email(raw or "")
-    except InvalidInput as exc:
-        errors[field] = (
-            _("Enter an email address.")
-            if not (raw or "").strip()
-            else _("Not a valid address: %(reason)s", reason=str(exc))
-        )
-        return ""
 
 
 def _reply_to_html(link: str, sender: Sender) -> str:

@@ -84,6 +84,7 @@ NAV: tuple[tuple[str, str, str], ...] = (
     ("marketing_stats.index", _l("Statistics"), "view"),
     ("marketing_quota.index", _l("Quota"), "view"),
     ("marketing_suppression.index", _l("Suppression list"), "view"),
+    ("marketing_senders.index", _l("Senders"), "settings"),
     ("marketing_smtp.index", _l("SMTP accounts"), "settings"),
     ("marketing_replies.index", _l("Reply mailbox"), "settings"),
     ("marketing_setup.start", _l("Setup"), "settings"),
