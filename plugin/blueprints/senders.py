@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 
 from .. import senders as service
 from ..access import current_workspace
@@ -20,10 +20,10 @@ from ..errors import InvalidInput, InvalidTransition, MarketingError, NotFound
 from ..extension import get_state
 from ..i18n import _
 from ..schemas.common import MAX_ID
-from ..setup_wizard import SetupWizard
 from . import admin
 from .admin import forbidden_page
 from .security import guard_page
+from .setup import current_wizard
 
 SENDER = f"/senders/<int(min=1,max={MAX_ID}):sender_id>"
 FIELDS = ("from_address", "from_name", "reply_to", "company_name", "postal_address")
@@ -101,16 +101,7 @@ def _save(sender_id: int | None):
 def _send_confirmation(sender) -> None:
     """Mail the Reply-To confirmation link; a failure is shown, the sender stays saved."""
     state = get_state()
-    factories = current_app.extensions.get("marketing_setup_factories", {})
-    wizard = SetupWizard(
-        state.session,
-        sender.workspace_id,
-        state.settings,
-        state.secrets,
-        client_factory=factories.get("client"),
-        provider_factory=factories.get("provider"),
-        resolver_factory=factories.get("resolver"),
-    )
+    wizard = current_wizard()
     try:
         wizard.send_reply_to_confirmation(sender)
         state.session.commit()

@@ -69,7 +69,7 @@ def _guard():
     return guard_page("settings")
 
 
-def _wizard() -> SetupWizard:
+def current_wizard() -> SetupWizard:
     """The service for the current workspace; factories may be replaced by the host or demo."""
     state = get_state()
     ws = current_workspace(state.session, state.workspace_key)
@@ -138,14 +138,14 @@ def _transition(exc: InvalidTransition, wizard: SetupWizard):
 
 # -- pages --------------------------------------------------------------------------------------
 def start():
-    wizard = _wizard()
+    wizard = current_wizard()
     step = wizard.current_step()
     get_state().session.commit()
     return redirect(_step_url(step))
 
 
 def domain():
-    wizard = _wizard()
+    wizard = current_wizard()
     errors: dict[str, str] = {}
     review = None
     value = wizard.state().domain_name or ""
@@ -187,7 +187,7 @@ def _safe_review(wizard: SetupWizard, value: str):
 
 
 def credentials():
-    wizard = _wizard()
+    wizard = current_wizard()
     if (redirect_to := _open(wizard, "credentials")) is not None:
         return redirect_to
     errors: dict[str, str] = {}
@@ -240,7 +240,7 @@ def _register_and_check(wizard: SetupWizard) -> None:
 
 
 def dns():
-    wizard = _wizard()
+    wizard = current_wizard()
     if (redirect_to := _open(wizard, "dns")) is not None:
         return redirect_to
     return _render(
@@ -255,7 +255,7 @@ def dns():
 
 
 def dns_register():
-    wizard = _wizard()
+    wizard = current_wizard()
     if (redirect_to := _open(wizard, "dns")) is not None:
         return redirect_to
     _register_and_check(wizard)
@@ -267,7 +267,7 @@ def _wants_json() -> bool:
 
 
 def dns_check():
-    wizard = _wizard()
+    wizard = current_wizard()
     state = get_state()
     if not wizard.reachable("dns"):
         state.session.rollback()
@@ -292,7 +292,7 @@ def dns_check():
 
 
 def dns_continue():
-    wizard = _wizard()
+    wizard = current_wizard()
     try:
         wizard.finish_dns()
     except InvalidTransition as exc:
@@ -387,7 +387,7 @@ def _hint(check: dict[str, Any] | None) -> str:
 
 
 def api_users():
-    wizard = _wizard()
+    wizard = current_wizard()
     if (redirect_to := _open(wizard, "api_users")) is not None:
         return redirect_to
     errors: dict[str, str] = {}
@@ -415,7 +415,7 @@ def api_users():
 
 
 def senders():
-    wizard = _wizard()
+    wizard = current_wizard()
     if (redirect_to := _open(wizard, "senders")) is not None:
         return redirect_to
     errors: dict[str, str] = {}
@@ -443,7 +443,7 @@ def senders():
 
 
 def senders_resend():
-    wizard = _wizard()
+    wizard = current_wizard()
     try:
         sender = wizard.sender()
         if sender is not None:
@@ -461,7 +461,7 @@ def senders_resend():
 
 
 def senders_continue():
-    wizard = _wizard()
+    wizard = current_wizard()
     try:
         wizard.finish_senders()
     except InvalidTransition as exc:
@@ -495,7 +495,7 @@ def _finish(wizard: SetupWizard) -> bool:
 
 
 def done():
-    wizard = _wizard()
+    wizard = current_wizard()
     if (redirect_to := _open(wizard, "done")) is not None:
         return redirect_to
     if request.method == "POST":
@@ -513,7 +513,7 @@ def done():
 
 
 def purge():
-    wizard = _wizard()
+    wizard = current_wizard()
     try:
         wizard.purge(request.form.get("confirm_name") or "")
     except InvalidInput as exc:
@@ -575,7 +575,7 @@ def sandbox_dns():
     responder = current_app.extensions.get("sandbox_dns")
     if not state.settings.sandbox or responder is None:
         abort(404)
-    wizard = _wizard()
+    wizard = current_wizard()
     domain = wizard.domain()
     if domain is None:
         abort(409)
