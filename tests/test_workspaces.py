@@ -29,6 +29,7 @@ from plugin.models import (
     ProviderAccount,
     QuotaAllocation,
     SavedView,
+    Sender,
     Tag,
     Template,
     TriggerMail,
@@ -49,6 +50,7 @@ ID_SOURCES = {
     "account_id": ProviderAccount,
     "cap_id": QuotaAllocation,
     "mail_id": TriggerMail,
+    "sender_id": Sender,
 }
 
 RULES = {"match": "all", "rules": [{"field": "email", "op": "contains", "value": "@"}]}
@@ -110,7 +112,14 @@ def _seed(session, workspace, user, marker: str) -> Org:
     template = Template(
         workspace_id=workspace.id, name=f"{marker} template", subject=f"{marker}", html="<p>x</p>"
     )
-    session.add_all([account, template])
+    sender = Sender(
+        workspace_id=workspace.id,
+        from_address=f"news@{marker}.example.com",
+        from_name=f"{marker} news",
+        company_name=f"{marker} Ltd.",
+        postal_address="1 Example Road",
+    )
+    session.add_all([account, template, sender])
     session.flush()
     session.add_all(
         [

@@ -217,4 +217,4 @@ def test_sales_tags_the_repliers_and_an_exclusion_drops_exactly_them(page, works
     page.fill("#skip_count", "4")
     page.wait_for_selector('#audience-counts [data-count="final"]:text-is("5")')
     page.wait_for_selector("#window-note:not([hidden])")
-    assert page.inner_text("#window-note").startswith("4 contacts fall outside the custom send count")
+    assert page.inner_text("#window-note").startswith("4 ")  # the count, in the page language
