@@ -10,6 +10,7 @@ import base64
 import datetime as dt
 import email
 import ipaddress
+import itertools
 import socket
 import ssl
 import threading
@@ -139,10 +140,21 @@ class Handler:
         self.per_connection: Counter = Counter()
         self.connections: set = set()
         self.lock = threading.Lock()
+        self._numbers = itertools.count(1)
+
+    def _connection(self, session) -> int:
+        """This connection's own number.  Not ``id(session)``: the id of a dropped connection's
+        session can be reused by the next one, which then looked as if it had already delivered
+        ``drop_after`` messages and was dropped at once (a flaky failure under load)."""
+        number = getattr(session, "test_connection_number", None)
+        if number is None:
+            number = session.test_connection_number = next(self._numbers)
+        return number
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
-        self.connections.add(id(session))
-        if self.drop_after is not None and self.per_connection[id(session)] >= self.drop_after:
+        connection = self._connection(session)
+        self.connections.add(connection)
+        if self.drop_after is not None and self.per_connection[connection] >= self.drop_after:
             server.transport.abort()
             return "421 going away"
         envelope.mail_from = address
@@ -159,7 +171,7 @@ class Handler:
     async def handle_DATA(self, server, session, envelope):
         with self.lock:
             self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
-            self.per_connection[id(session)] += 1
+            self.per_connection[self._connection(session)] += 1
         if set(envelope.rcpt_tos) & self.drop_after_data:
             server.transport.abort()
         return "250 Message accepted"
