@@ -31,7 +31,7 @@ import dataclasses
 import datetime as dt
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import BigInteger, Integer, String, bindparam, case, func, literal, select, text, update
@@ -556,6 +556,7 @@ __all__ = [
     "reserve_for_send",
     "settle",
     "sync",
+    "unsettled",
 ]
 
 
@@ -843,14 +844,27 @@ def reserve_for_send(
     return Grant(reservation.amount, reservation.id, cap_reservation.id if cap_reservation else None)
 
 
-def settle(session: Session, grant: Grant, used: int) -> None:
+def settle(session: Session, grant: Grant, used: int) -> list[Any]:
     """The provider accepted ``used`` of the granted mails: count them, give the rest back.
 
     Does not commit, so the caller writes per-recipient results in the same transaction.
+    Returns the answers of PostgreSQL's unread settlement statements (empty on SQLite), which
+    :func:`unsettled` checks once they arrived (after the commit, in a pipeline).
     """
     used = max(0, min(int(used), grant.amount))
+    answers = []
     for reservation_id in _in_lock_order(grant):
-        _settle_one(session, reservation_id, grant.amount, used)
+        answer = _settle_one(session, reservation_id, grant.amount, used)
+        if answer is not None:
+            answers.append(answer)
+    return answers
+
+
+def unsettled(answers: list[Any]) -> int:
+    """How many of ``settle``'s PostgreSQL statements changed nothing: the reservation was
+    missing, no longer held (committed or released already), or smaller than ``used``, the
+    cases ``commit_reservation`` refuses or skips."""
+    return sum(1 for answer in answers if answer.rowcount != 1)
 
 
 def _in_lock_order(grant: Grant) -> list[int]:
@@ -863,7 +877,7 @@ def _in_lock_order(grant: Grant) -> list[int]:
     return [grant.cap_reservation_id, grant.reservation_id]
 
 
-def _settle_one(session: Session, reservation_id: int, held: int, used: int) -> None:
+def _settle_one(session: Session, reservation_id: int, held: int, used: int) -> Any:
     """``commit_reservation`` for one of a batch's reservations, in as few round trips as each
     database allows (this runs for every batch).
 
@@ -874,13 +888,13 @@ def _settle_one(session: Session, reservation_id: int, held: int, used: int) -> 
     reservation still held for exactly ``held``, in two statements, else the general path."""
     params = {"rid": reservation_id, "held": held, "used": used}
     if session.get_bind().dialect.name == "postgresql":
-        _SETTLE_ANY_PG.run(session, {"rid": reservation_id, "used": used})
-        return
+        return _SETTLE_ANY_PG.run(session, {"rid": reservation_id, "used": used})
     ledger_id = session.execute(_COMMIT_HELD, params).scalar_one_or_none()
     if ledger_id is None:
         commit_reservation(session, reservation_id, used, commit=False)
-        return
+        return None
     session.execute(_SETTLE_LEDGER, {"lid": ledger_id, "back": held, "used": used})
+    return None
 
 
 def give_back(session: Session, grant: Grant) -> None:

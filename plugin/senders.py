@@ -22,7 +22,7 @@ from marshmallow import ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from .addresses import split_email
+from .addresses import normalize_email, split_email
 from .errors import InvalidInput, InvalidTransition, NotFound
 from .i18n import _
 from .models import Campaign, Sender, SendingDomain
@@ -61,11 +61,13 @@ def load(data: Mapping[str, Any], domains: Sequence[SendingDomain]) -> tuple[dic
             str(k): " ".join(map(str, v)) if isinstance(v, list) else str(v) for k, v in messages.items()
         }
     address = clean.get("from_address") or ""
+    if not address and "from_address" not in errors:  # it parsed; another field failed
+        address = normalize_email(str(data.get("from_address") or ""))
     domain = None
     if not domains:
         errors.setdefault("from_address", _("Bind a sending domain in the setup wizard first."))
-    elif address or "from_address" not in errors:
-        host = split_email(address)[1] if address else ""
+    elif address:  # an address that did not parse has its own error already
+        host = split_email(address)[1]
         domain = next((d for d in domains if d.name.lower() == host), None)
         if domain is None:
             names = ", ".join(d.name for d in domains)

@@ -437,7 +437,7 @@ def test_time_left_says_when_todays_quota_cannot_cover_the_rest(session, workspa
     session.commit()
     assert svc.status_of(session, campaign, now=now)["eta_seconds"] is not None  # without settings
     status = svc.status_of(session, campaign, now=now, settings=settings)
-    assert (status["eta_seconds"], status["eta_days"]) == (None, 2)
+    assert (status["eta_seconds"], status["eta_days"], status["eta_text"]) == (None, 2, "about 2 days")
     assert "covers about 10 more" in status["quota_note"]
     assert "resets" in status["quota_note"]
 

@@ -73,6 +73,21 @@ def test_commit_moves_used_to_committed_and_returns_the_rest_once(session, ledge
     assert quota.remaining(session, ledger) == 70
 
 
+def test_settling_tells_when_it_changed_nothing(session, ledger):
+    """``settle`` counts exactly once; a second settlement of the same grant changes nothing,
+    and on PostgreSQL (where its answer is read after the commit) ``unsettled`` says so."""
+    res = quota.reserve(session, ledger, 50, now=T0)
+    grant = quota.Grant(50, res.id, None)
+    first = quota.settle(session, grant, 30)
+    session.commit()
+    assert quota.unsettled(first) == 0
+    again = quota.settle(session, grant, 30)
+    session.commit()
+    assert quota.ledger_totals(session, ledger) == (100, 0, 30)
+    postgres = session.get_bind().dialect.name == "postgresql"
+    assert quota.unsettled(again) == (1 if postgres else 0)  # SQLite settles without a pipeline
+
+
 def test_release_returns_everything_once(session, ledger):
     res = quota.reserve(session, ledger, 80, now=T0)
     assert quota.release(session, res.id) is True

@@ -60,6 +60,10 @@ def test_a_second_sender_follows_the_wizards_rules(session, workspace, wizard):
     assert set(errors) == {"from_address", "company_name", "reply_to"}
     assert DOMAIN in errors["from_address"]
     session.rollback()
+    with pytest.raises(senders.SenderErrors) as only_company:  # a good address is not blamed
+        senders.save_sender(session, workspace.id, {**EVENTS, "company_name": ""})
+    assert set(only_company.value.errors) == {"company_name"}
+    session.rollback()
     with pytest.raises(senders.SenderErrors) as taken:
         senders.save_sender(session, workspace.id, {**EVENTS, "from_address": SENDER["from_address"].upper()})
     assert "already a sender" in taken.value.errors["from_address"]

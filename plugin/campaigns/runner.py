@@ -526,16 +526,14 @@ def _run_batch(session: Session, campaign_id: int, ctx: RunContext) -> str:
         ctx._stale_check_due[campaign_id] = now + STALE_CHECK
     if _is_postgres(session):  # recipients first, the quota last (see ``_claim_then_reserve``)
         fast = _claim_then_reserve(session, facts, account_facts, ctx, now)
-        if fast is None:
-            return DONE if _complete_if_finished(session, campaign_id, now) else IDLE
         if fast == SKIPPED_ALL:
             return SENT
         if fast != _RESERVE_FIRST:
             batch, members, contacts = fast  # type: ignore[misc]
             ctx.step("batch:claimed")
             return _prepare_and_send(session, facts, account_facts, batch, members, contacts, ctx, now)
-    # SQLite, and PostgreSQL when the ledger is short: reserve first, then claim what was
-    # granted, in ONE transaction, committed with attempts=1 (a worker
+    # SQLite, and PostgreSQL when the ledger is short or nothing was claimable there: reserve
+    # first, then claim what was granted, in ONE transaction, committed with attempts=1 (a worker
     # killed earlier leaves nothing behind; one killed later leaves a batch whose lease runs out
     # and is taken over, as after a kill during the provider call).  The message is built after
     # that commit: the transaction holds the quota ledger and campaign rows every other worker
@@ -745,11 +743,11 @@ _RESERVE_FIRST = "reserve-first"
 
 def _claim_then_reserve(
     session: Session, campaign: _CampaignFacts, account: _AccountFacts, ctx: RunContext, now: dt.datetime
-) -> tuple[_Batch, list[Member], dict[int, Any]] | str | None:
+) -> tuple[_Batch, list[Member], dict[int, Any]] | str:
     """PostgreSQL's claim: recipients first, the quota last, committed in the same round trip as
-    the batch row.  Returns the committed batch, its members and their contacts; ``None`` after
-    rolling back (nothing pending); ``SKIPPED_ALL`` after committing the newly suppressed as
-    skipped; ``_RESERVE_FIRST`` after rolling back when the ledger could not cover them all.
+    the batch row.  Returns the committed batch, its members and their contacts;
+    ``SKIPPED_ALL`` after committing the newly suppressed as skipped; ``_RESERVE_FIRST`` after
+    rolling back when nothing was claimable here or the ledger could not cover them all.
 
     Why this order: the quota ledger row and the campaign row are the two rows every worker of
     the account writes, in each claim and each record.  Reserved first (``_claim``), they stayed
@@ -765,8 +763,11 @@ def _claim_then_reserve(
     before = ctx._claimed_up_to.get(campaign.id)
     found = _next_pending(session, campaign, min(ctx.settings.batch_size, MAX_BATCH), ctx, postgres=True)
     if found is None:
+        # Nothing claimable, or only rows another claim still holds (``SKIP LOCKED``; with
+        # several contents the first pending one may be held while others are free).  The
+        # reserve-first claim waits on the campaign row for that claim and sees its outcome.
         session.rollback()
-        return None
+        return _RESERVE_FIRST
     rows, template_id, sender_id = found
     members, skipped = _drop_suppressed(session, campaign, rows)
     if not members:  # all suppressed since the freeze: they are skipped; the caller claims again
@@ -813,8 +814,8 @@ def _claim_then_reserve(
     with bulk_sql.pipeline(session) as pipe:  # the batch, its members, the commit: one round trip
         answer = _NUMBER_INSERT_AND_MARK_HOT.run(session, params)
         pipe.commit()
+        batch_id, seq = answer.one()  # psycopg: answered with the commit; other drivers: before it
     session.commit()
-    batch_id, seq = answer.rows[0]
     key = f"mkt-w{campaign.workspace_id}-c{campaign.id}-b{seq}"
     batch = _Batch(batch_id, seq, key, "sending", template_id, sender_id, grant, lease_until)
     return batch, members, contacts
@@ -1439,9 +1440,11 @@ def _deliver(
         return _fail_batch(session, campaign, batch, members, str(exc), ctx, now, permanent=True)
     ctx.step("batch:after_send")
     with bulk_sql.pipeline(session) as pipe:  # PostgreSQL: writes and commit in few round trips
-        _record(session, campaign, batch, members, results, now)
+        settled = _record(session, campaign, batch, members, results, now)
         pipe.commit()
     session.commit()
+    if quota.unsettled(settled):  # no known path leads here; say so if one does
+        log.warning("batch %s: its quota reservation was no longer held or smaller than used", batch.id)
     ctx.step("batch:recorded")
     return SENT
 
@@ -1453,8 +1456,9 @@ def _record(
     members: Sequence[tuple[int, int | None, str, int]],
     results: Sequence[SendResult],
     now: dt.datetime,
-) -> None:
-    """Write per-recipient results, settle the quota and count, in the caller's transaction."""
+) -> list[Any]:
+    """Write per-recipient results, settle the quota and count, in the caller's transaction;
+    returns the settlement's answers (``quota.unsettled``)."""
 
     from .. import counters
 
@@ -1504,7 +1508,7 @@ def _record(
         sender_id=batch.sender_id,
         outcomes=outcomes,
     )
-    quota.settle(session, batch.grant, accepted + unknown)
+    settled = quota.settle(session, batch.grant, accepted + unknown)
     closed = {"bid": batch.id, "at": now}
     counted = {"cid": campaign.id, "sent": accepted, "failed": failed + unknown}
     if _is_postgres(session):  # batch closed and campaign counted in one statement
@@ -1512,6 +1516,7 @@ def _record(
     else:
         session.execute(_BATCH_SENT, closed)
         session.execute(_ADD_OUTCOMES_AND_RESET if accepted else _ADD_OUTCOMES, counted)
+    return settled
 
 
 #: A recipient's recorded result (sqlite3 ``?`` style, see ``plugin.bulk_sql``).  A deliver or

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from ..config import Settings
 from ..directory import ContactDirectory
 from ..errors import InvalidInput, InvalidTransition, MarketingError, NotFound
-from ..i18n import _
+from ..i18n import _, ngettext
 from ..models import Campaign, CampaignRecipient, ProviderAccount, SendBatch, Sender, Template, utcnow
 from . import lifecycle
 
@@ -711,7 +711,7 @@ def status_of(
     )
     eta = int(pending * 60 / rate) if rate > 0 and pending else None
     days, note = (None, "") if settings is None else quota_outlook(session, campaign, pending, settings, now)
-    if days is not None:  # the rate alone would promise the end today
+    if note:  # the rate alone would promise the end today
         eta = None
     return {
         "id": campaign.id,
@@ -726,6 +726,8 @@ def status_of(
         "rate_per_minute": round(rate, 1),
         "eta_seconds": eta,
         "eta_days": days,
+        #: ``eta_days`` in words, in the user's language ("about 3 days"), or "".
+        "eta_text": ngettext("about %(num)s day", "about %(num)s days", days) if days else "",
         "quota_note": note,
         "pause_reason": campaign.pause_reason,
         "pause_text": lifecycle.pause_reason_text(campaign.pause_reason, campaign.pause_detail)
@@ -754,7 +756,7 @@ def quota_outlook(
     if not pending or campaign.account_id is None or not (campaign.status == lifecycle.RUNNING or waiting):
         return None, ""
     account = session.get(ProviderAccount, campaign.account_id)
-    if account is None:
+    if account is None or account.workspace_id != campaign.workspace_id:
         return None, ""
     outlook = forecast.forecast(
         session,

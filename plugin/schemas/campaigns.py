@@ -167,6 +167,7 @@ class StatusOut(Schema):
     eta_seconds = fields.Integer(allow_none=True)
     #: Calendar days until the last mail at the current quota, when today's cannot cover the rest.
     eta_days = fields.Integer(allow_none=True)
+    eta_text = fields.String()
     quota_note = fields.String()
     pause_reason = fields.String(allow_none=True)
     pause_text = fields.String()

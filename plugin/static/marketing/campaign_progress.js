@@ -35,8 +35,8 @@
     set("failed", numbers.format(data.failed));
     set("skipped", numbers.format(data.skipped));
     set("rate_per_minute", numbers.format(data.rate_per_minute));
-    if (data.eta_days) {  // today's quota cannot cover the rest: days, not the rate's minutes
-      set("eta", (data.eta_days === 1 ? text.day : text.days).replace("%(num)s", numbers.format(data.eta_days)));
+    if (data.eta_text) {  // today's quota cannot cover the rest: days, not the rate's minutes
+      set("eta", data.eta_text);
     } else {
       set("eta", data.status === "running" ? eta(data.eta_seconds) : text.none);
     }
