@@ -9,7 +9,9 @@ from the same bound domain.  The wizard's last step and the senders page share t
 * the footer fields are required, because every mail prints them;
 * a new or changed Reply-To is unconfirmed until its owner opens the link mailed to it (the
   caller sends that mail, see ``SetupWizard.send_reply_to_confirmation``);
-* exactly one sender is the default (preselected in the campaign form, used by trigger mail);
+* exactly one sender is the default (preselected in the campaign form, used by trigger mail),
+  and only a sender whose Reply-To is confirmed can become it;
+* a Reply-To the workspace already confirmed for another sender counts as confirmed;
 * a sender a campaign names is never deleted: its statistics and recipients refer to it.
 """
 
@@ -130,7 +132,16 @@ def save_sender(
     sender.postal_address = clean["postal_address"]
     if sender.reply_to != clean["reply_to"]:
         sender.reply_to = clean["reply_to"]
-        sender.reply_to_verified_at = None
+        # A mailbox the workspace already confirmed for another sender needs no second mail.
+        sender.reply_to_verified_at = session.scalar(
+            select(Sender.reply_to_verified_at)
+            .where(
+                Sender.workspace_id == workspace_id,
+                Sender.reply_to == clean["reply_to"],
+                Sender.reply_to_verified_at.is_not(None),
+            )
+            .limit(1)
+        )
         sender.reply_to_verification_sent_at = None
     session.flush()
     return sender
@@ -148,6 +159,14 @@ def needs_confirmation_mail(sender: Sender) -> bool:
 def make_default(session: Session, workspace_id: int, sender_id: int) -> Sender:
     """This sender becomes the default, every other one stops being it (flushes)."""
     sender = get_sender(session, workspace_id, sender_id)
+    if sender.reply_to and sender.reply_to_verified_at is None:
+        # The default also answers trigger mail: its replies must reach a confirmed mailbox.
+        raise InvalidTransition(
+            _(
+                "Confirm the reply-to address %(address)s first (open the link mailed to it).",
+                address=sender.reply_to,
+            )
+        )
     session.execute(
         update(Sender)
         .where(Sender.workspace_id == workspace_id, Sender.id != sender.id)

@@ -23,7 +23,7 @@ from test_setup_wizard import (  # noqa: F401 - fixtures used by name
 from plugin import senders
 from plugin.errors import InvalidTransition
 from plugin.extension import get_state
-from plugin.models import Sender
+from plugin.models import Sender, utcnow
 from plugin.setup_wizard import confirm_reply_to
 
 EVENTS = {
@@ -69,10 +69,19 @@ def test_a_second_sender_follows_the_wizards_rules(session, workspace, wizard):
     assert "already a sender" in taken.value.errors["from_address"]
     session.rollback()
 
+    with pytest.raises(InvalidTransition, match="Confirm the reply-to"):  # trigger mail uses it
+        senders.make_default(session, workspace.id, second.id)
+    second.reply_to_verified_at = utcnow()
+    session.commit()
     senders.make_default(session, workspace.id, second.id)
     session.commit()
     defaults = session.scalars(select(Sender.from_address).where(Sender.is_default.is_(True))).all()
     assert defaults == [second.from_address]
+
+    # A mailbox the workspace confirmed already is confirmed for a new sender too: no second mail.
+    third = senders.save_sender(session, workspace.id, {**EVENTS, "from_address": f"sales@{DOMAIN}"})
+    assert third.reply_to_verified_at is not None
+    assert not senders.needs_confirmation_mail(third)
 
 
 def test_deleting_is_refused_for_the_default_and_for_a_sender_a_campaign_names(session, workspace, wizard):

@@ -147,6 +147,10 @@ def make_default(sender_id: int):
         state.session.commit()
     except NotFound:
         abort(404)
+    except InvalidTransition as exc:
+        state.session.rollback()
+        flash(str(exc), "error")
+        return redirect(url_for("marketing_senders.index"))
     flash(_("%(address)s is now the default sender.", address=sender.from_address), "success")
     return redirect(url_for("marketing_senders.index"))
 
