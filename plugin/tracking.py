@@ -187,16 +187,6 @@ def link_token_maker(settings: Settings, workspace_id: int) -> Callable[[int], t
     return make
 
 
-def id_token_maker(settings: Settings, purpose: str, workspace_id: int) -> Callable[[int], str]:
-    """``make_id_token`` for many recipients of one workspace and one purpose."""
-    if purpose in LINK_PURPOSES:
-        index = LINK_PURPOSES.index(purpose)
-        links = link_token_maker(settings, workspace_id)
-        return lambda recipient_id: links(recipient_id)[index]
-    secret = settings.token_secret
-    return lambda recipient_id: make_id_token(secret, purpose, workspace_id, recipient_id)
-
-
 def read_id_token(secret: str, purpose: str, token: str) -> tuple[int, int]:
     """``(workspace_id, recipient_id)`` of a valid token for ``purpose`` (compact or older format)."""
     match = _COMPACT.fullmatch(token or "")

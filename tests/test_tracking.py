@@ -185,9 +185,10 @@ def test_the_runners_token_makers_sign_exactly_as_the_single_token_functions(app
     }
     for purpose, single in singles.items():
         for workspace_id in (1, 7, 123456):
-            make = tracking.id_token_maker(settings, purpose, workspace_id)
+            make = tracking.link_token_maker(settings, workspace_id)
+            index = tracking.LINK_PURPOSES.index(purpose)
             for recipient_id in (0, 1, 42, 987654, 10**15):
-                token = make(recipient_id)
+                token = make(recipient_id)[index]
                 assert token == single(settings, workspace_id, recipient_id)
                 assert tracking.read_id_token(settings.token_secret, purpose, token) == (
                     workspace_id,

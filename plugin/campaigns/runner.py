@@ -605,8 +605,12 @@ def _reserve(
     n: int,
     ctx: RunContext,
     now: dt.datetime,
+    *,
+    fresh: bool = True,
 ) -> quota.Grant | quota.Blocked:
-    """The send gate for ``n`` mails of a fresh batch, in the caller's (claim) transaction."""
+    """The send gate for ``n`` mails of the campaign.  ``fresh``: a new batch's claim, in the
+    caller's transaction and through the context's gate cache; otherwise (a taken-over
+    batch) committed at once and read without the cache."""
     return quota.reserve_for_send(
         session,
         workspace_id=campaign.workspace_id,
@@ -616,8 +620,8 @@ def _reserve(
         owner_id=campaign.owner_id,
         team=campaign.team,
         now=now,
-        commit=False,
-        cache=ctx.gate,
+        commit=not fresh,
+        cache=ctx.gate if fresh else None,
     )
 
 
@@ -1183,16 +1187,7 @@ def _reuse_or_reserve(
             if cap_reservation_id is not None:
                 quota.release(session, cap_reservation_id, commit=False)
             session.commit()
-    grant = quota.reserve_for_send(
-        session,
-        workspace_id=campaign.workspace_id,
-        account=account,
-        n=members,
-        settings=ctx.settings,
-        owner_id=campaign.owner_id,
-        team=campaign.team,
-        now=now,
-    )
+    grant = _reserve(session, campaign, account, members, ctx, now, fresh=False)
     if isinstance(grant, quota.Grant) and grant.amount < members:
         # A batch is sent whole or not at all: a partial grant cannot cover it.
         quota.give_back(session, grant)
