@@ -199,8 +199,9 @@ class ThreadExecutor:
     """``threads`` backend: one campaign runs in this process at most once at a time.
 
     A SendCloud campaign without a rate limit gets ``MARKETING_CAMPAIGN_THREADS`` threads (the
-    runner's claims let several workers share a campaign, on SQLite as on PostgreSQL): while one
-    waits for the provider's answer, the others claim, build and record the next batches.
+    runner's claims let several workers share a campaign, on SQLite as on PostgreSQL); by
+    default one, which keeps ``MARKETING_CAMPAIGN_IN_FLIGHT`` batches in flight and claims,
+    builds and records the next ones while SendCloud answers (``runner.run_campaign``).
     """
 
     def __init__(self, app: Flask, *, max_workers: int = 4) -> None:

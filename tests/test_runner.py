@@ -180,6 +180,115 @@ def test_provider_faults_never_duplicate_or_lose_a_recipient(
     assert session.get(Campaign, c.id).sent == 1200
 
 
+def _in_flight_counter():
+    """A step hook counting batches sent and not yet answered; ``peak`` is the most at once."""
+    state = {"out": 0, "peak": 0, "sent": 0}
+
+    def hook(name: str) -> None:
+        if name == "batch:before_send":
+            state["out"] += 1
+            state["sent"] += 1
+            state["peak"] = max(state["peak"], state["out"])
+        elif name == "batch:after_send":
+            state["out"] -= 1
+
+    return state, hook
+
+
+def test_a_runner_keeps_three_batches_in_flight_and_sends_each_recipient_once(
+    app, session, workspace, setup, tagged_campaign, sim
+):
+    c = tagged_campaign(1000)
+    state, hook = _in_flight_counter()
+    ctx = _ctx(app, on_step=hook)
+    assert ctx.settings.campaign_in_flight == 3
+    runner.start(session, c.id, ctx)
+    assert runner.run_campaign(session, c.id, ctx) == runner.DONE
+    assert state["peak"] == 3, "the provider had three batches at once"
+    assert state["out"] == 0
+    assert state["sent"] == 10
+    counts = Counter(m.recipient for m in _mails_to(sim, setup["api_user"]))
+    assert len(counts) == 1000
+    assert set(counts.values()) == {1}
+    session.expire_all()
+    assert session.get(Campaign, c.id).sent == 1000
+    assert session.scalar(select(SendBatch.id).where(SendBatch.status != "sent")) is None
+
+
+def test_a_campaign_with_a_rate_sends_one_batch_at_a_time(
+    app, session, workspace, setup, tagged_campaign, sim
+):
+    c = tagged_campaign(300, send_rate=100_000)
+    state, hook = _in_flight_counter()
+    ctx = _ctx(app, on_step=hook)
+    runner.start(session, c.id, ctx)
+    assert runner.run_campaign(session, c.id, ctx) == runner.DONE
+    assert state["peak"] == 1
+    assert state["sent"] == 3
+
+
+def test_batches_in_flight_ride_through_provider_faults_without_duplicates(
+    app, session, workspace, setup, tagged_campaign, sim
+):
+    """30 % HTTP 500, answers that time out after the send was accepted, throttling: while
+    other batches are in flight; every recipient exactly once in the end."""
+    c = tagged_campaign(1500)
+    sends = Counter()
+
+    def hook(name: str) -> None:
+        if name == "batch:before_send":  # vary the faults the next requests meet
+            sends["n"] += 1
+            n = sends["n"]
+            sim.faults.update({"timeout_after_accept": 3.0 if n % 9 == 4 else 0.0, "throttle": n % 13 == 6})
+
+    ctx = _ctx(app, on_step=hook)
+    runner.start(session, c.id, ctx)
+    sim.faults.update({"error_rate": 0.3})
+    outcome = None
+    for _ in range(50):
+        outcome = runner.run_campaign(session, c.id, ctx)
+        if outcome == runner.DONE:
+            break
+        session.execute(Campaign.__table__.update().where(Campaign.id == c.id).values(retry_at=None))
+        session.commit()
+    assert outcome == runner.DONE
+    assert sends["n"] > 15, "faults made batches go again"
+    counts = Counter(m.recipient for m in _mails_to(sim, setup["api_user"]))
+    assert len(counts) == 1500
+    assert max(counts.values()) == 1, [r for r, n in counts.items() if n > 1][:5]
+    session.expire_all()
+    assert session.get(Campaign, c.id).sent == 1500
+
+
+def test_an_error_while_batches_are_in_flight_still_records_what_they_sent(
+    app, session, workspace, setup, tagged_campaign, sim
+):
+    c = tagged_campaign(1000)
+    claims = Counter()
+
+    def hook(name: str) -> None:
+        if name == "batch:claimed":
+            claims["n"] += 1
+            if claims["n"] == 3:  # two batches are out: the run breaks before the third goes
+                raise RuntimeError("worker trouble")
+
+    ctx = _ctx(app, on_step=hook, batch_lease=dt.timedelta(seconds=0))
+    runner.start(session, c.id, ctx)
+    with pytest.raises(RuntimeError, match="worker trouble"):
+        runner.run_campaign(session, c.id, ctx)
+    session.rollback()
+    statuses = Counter(session.scalars(select(SendBatch.status).where(SendBatch.campaign_id == c.id)))
+    assert statuses == {"sent": 2, "sending": 1}, statuses  # claimed, committed, never sent
+    assert kit.recipient_statuses(session, c.id) == {"accepted": 200, "sending": 100, "pending": 700}
+    assert len(_mails_to(sim, setup["api_user"])) == 200
+    # the next run takes the left batch over (its lease is over) and finishes, each mail once
+    ctx2 = _ctx(app)
+    assert runner.run_campaign(session, c.id, ctx2) == runner.DONE
+    counts = Counter(m.recipient for m in _mails_to(sim, setup["api_user"]))
+    assert len(counts) == 1000
+    assert set(counts.values()) == {1}
+
+
 def test_quota_pause_shows_a_reason_and_resumes_the_next_provider_day(
     app, session, workspace, setup, tagged_campaign, sim
 ):

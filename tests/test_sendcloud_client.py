@@ -454,3 +454,50 @@ def test_an_authenticating_proxy_from_the_environment_is_used(server, sim, monke
     path, auth = _Proxy.seen[0]
     assert path == f"{server.url}/userinfo/get"
     assert auth == "Basic " + base64.b64encode(b"crm@corp:p:w").decode()
+
+
+def test_batches_begun_together_are_each_delivered_and_answered(provider, sim):
+    """Three batches in flight at once (``begin_batch``); answers read in any order."""
+    messages = [
+        batch(
+            [Recipient(f"r{i}-{j}@example.com", {"name": f"N{i}{j}"}) for j in range(3)], key=f"inflight-{i}"
+        )
+        for i in range(3)
+    ]
+    answers = [provider.begin_batch(m) for m in messages]
+    results = [answer() for answer in reversed(answers)][::-1]
+    for message, got in zip(messages, results, strict=True):
+        assert [r.recipient for r in got] == [r.email for r in message.recipients]
+        assert all(r.status == "accepted" and r.provider_message_id for r in got)
+    assert sorted(m.recipient for m in sim.outbox) == sorted(r.email for m in messages for r in m.recipients)
+
+
+def test_behind_a_proxy_a_begun_batch_goes_out_when_its_answer_is_asked_for(server, sim, monkeypatch):
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Proxy)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    _Proxy.seen.clear()
+    try:
+        monkeypatch.setenv("HTTP_PROXY", f"http://crm%40corp:p%3Aw@127.0.0.1:{proxy.server_port}")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        provider = SendCloudProvider(USER, KEY, base_url=server.url, timeout=5)
+        try:
+            answer = provider.begin_batch(batch([Recipient("ann@example.com")], key="via-proxy"))
+            assert _Proxy.seen == []
+            assert sim.outbox == []
+            assert [r.status for r in answer()] == ["accepted"]
+        finally:
+            provider.close()
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+    assert [path for path, _ in _Proxy.seen] == [f"{server.url}/mail/send"]
+    assert [m.recipient for m in sim.outbox] == ["ann@example.com"]
+
+
+def test_a_batch_the_client_cannot_encode_raises_when_its_answer_is_read(provider, sim):
+    too_many = batch([Recipient(f"u{i}@example.com") for i in range(101)])
+    answer = provider.begin_batch(too_many)  # does not raise here
+    with pytest.raises(InvalidInput):
+        answer()
+    assert sim.outbox == []

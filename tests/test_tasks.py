@@ -161,18 +161,32 @@ def test_send_command_reports_an_unknown_campaign(app, session):
     assert "no campaign 999999" in result.output
 
 
+def test_by_default_one_thread_runs_a_campaign_with_three_batches_in_flight(app):
+    settings = app.extensions["marketing"].settings
+    assert (settings.campaign_threads, settings.campaign_in_flight) == (1, 3)
+    executor = ThreadExecutor(app)
+    try:
+        assert executor.threads_per_campaign == 1
+    finally:
+        executor.shutdown()
+
+
 def test_unrated_sendcloud_campaign_shares_out_to_three_threads_rated_one_keeps_one(
-    app, session, world, sim, caplog
+    app, session, world, sim, caplog, monkeypatch
 ):
-    """Three threads of this process share an unlimited SendCloud campaign (each batch once);
-    a campaign with a rate keeps one thread, which paces it."""
+    """With MARKETING_CAMPAIGN_THREADS=3, three threads of this process share an unlimited
+    SendCloud campaign (each batch once, each thread with batches in flight); a campaign with
+    a rate keeps one thread, which paces it."""
+    import dataclasses
     import logging
 
+    state = app.extensions["marketing"]
+    monkeypatch.setattr(state, "settings", dataclasses.replace(state.settings, campaign_threads=3))
     unlimited = _started(app, session, world)
     rated = add_campaign(session, world, send_at=utcnow(), name="Rated", send_rate=500)
     executor = ThreadExecutor(app)
     try:
-        assert executor.threads_per_campaign == 3  # MARKETING_CAMPAIGN_THREADS default
+        assert executor.threads_per_campaign == 3
         assert executor._threads_for(unlimited.id) == 3
         assert executor._threads_for(rated.id) == 1
         with caplog.at_level(logging.INFO, logger="plugin.tasks"):

@@ -121,9 +121,7 @@ def index(*, share_errors=None, share_form=None, cap_errors=None, cap_form=None,
     used_now = account_status.used_today(session, latest.account_id, latest) if latest is not None else None
     # The provider's own count beside it, when it speaks of today (an older sync says nothing).
     synced_today = (
-        latest.used_today
-        if latest is not None and quota.provider_day(latest.fetched_at) == today
-        else None
+        latest.used_today if latest is not None and quota.provider_day(latest.fetched_at) == today else None
     )
     caps, total, pages = _caps_page(session, ws, args)
     users, teams = allocation.known_owners(session, ws)

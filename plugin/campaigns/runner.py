@@ -32,6 +32,7 @@ import random
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -62,7 +63,7 @@ from ..models import (
     Template,
     utcnow,
 )
-from ..providers.base import BatchMessage, Provider, Recipient, SendResult
+from ..providers.base import BatchMessage, Provider, Recipient, SendResult, begin_batch
 from . import lifecycle
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,8 @@ DONE = "done"
 BLOCKED = "blocked"
 RETRY = "retry"
 IDLE = "idle"
+#: ``run_batch`` inside ``run_campaign``: the batch was sent and its answer is awaited there.
+IN_FLIGHT = "in-flight"
 
 StepHook = Callable[[str], None]
 
@@ -120,6 +123,8 @@ class RunContext:
     #: Per campaign: the highest recipient id this worker claimed (see ``_pending_query``).
     _claimed_up_to: dict[int, int] = dataclasses.field(default_factory=dict)
     _contents: dict[tuple[int, int | None, int | None], Any] = dataclasses.field(default_factory=dict)
+    #: Set by ``run_campaign`` when it keeps batches in flight: sent batches' finishing steps.
+    _in_flight: deque[Callable[[], str]] | None = None
 
     def step(self, name: str) -> None:
         if self.on_step is not None:
@@ -490,8 +495,8 @@ def _provider(session: Session, ctx: RunContext, account: _AccountFacts) -> Prov
 def run_batch(session: Session, campaign_id: int, ctx: RunContext) -> str:
     """Do one unit of work for a running campaign and say what happened (see module constants)."""
     outcome = _run_batch(session, campaign_id, ctx)
-    if outcome != SENT:  # a batch may have been released for a retry: look for it next time
-        ctx._stale_check_due.pop(campaign_id, None)
+    if outcome not in (SENT, IN_FLIGHT):  # a batch may have been released for a retry: look
+        ctx._stale_check_due.pop(campaign_id, None)  # for it next time
     return outcome
 
 
@@ -1408,14 +1413,37 @@ def _deliver(
     ctx: RunContext,
     now: dt.datetime,
 ) -> str:
-    """The provider call and its recording (the batch is committed with its attempt counted)."""
+    """The provider call and its recording (the batch is committed with its attempt counted).
+    Inside ``run_campaign`` with batches in flight, the answer is awaited and recorded there
+    (``IN_FLIGHT``): the session holds no transaction meanwhile, the batch its lease."""
     if account.kind == "smtp":
         from .smtp_batch import send_smtp_batch
 
         return send_smtp_batch(session, campaign, account, batch, members, message, ctx, now)
-    provider = _provider(session, ctx, account)
+    answer = begin_batch(_provider(session, ctx, account), message)
+    finish = functools.partial(
+        _finish_delivery, session, campaign, account, batch, members, message, ctx, now, answer
+    )
+    if ctx._in_flight is not None:
+        ctx._in_flight.append(finish)
+        return IN_FLIGHT
+    return finish()
+
+
+def _finish_delivery(
+    session: Session,
+    campaign: _CampaignFacts,
+    account: _AccountFacts,
+    batch: _Batch,
+    members: Sequence[Member],
+    message: BatchMessage,
+    ctx: RunContext,
+    now: dt.datetime,
+    answer: Callable[[], list[SendResult]],
+) -> str:
+    """Wait for the provider's answer to a sent batch and record it."""
     try:
-        results = provider.send_batch(message)
+        results = answer()
     except DuplicateRequest:
         results = [SendResult(r.email, "accepted") for r in message.recipients]
     except ProviderQuotaExceeded as exc:
@@ -1749,30 +1777,83 @@ def run_campaign(
     Returns the last ``run_batch`` outcome (``done``, ``blocked``, ``retry``, ``idle``), or
     ``idle`` when stopped.  A ``retry`` with a short back-off is waited out here, so a worker
     rides through brief provider hiccups without giving the campaign back.
+
+    Without a rate, up to ``campaign_in_flight`` SendCloud batches are sent before the oldest
+    answer is awaited (``IN_FLIGHT``): the provider works on them while this thread claims,
+    builds and records.  Every batch is claimed and committed before it is sent and recorded
+    after its answer, as with one at a time, so a crash leaves nothing a take-over would not
+    mend (re-sent batches keep their ``sendRequestId``).  Whatever the next step, the batches in
+    flight are landed first, so a pause, a back-off or the end is decided on recorded results.
     """
     rate = _rate(session, campaign_id, ctx)
+    depth = 1 if rate else max(1, int(getattr(ctx.settings, "campaign_in_flight", 1)))
+    in_flight: deque[Callable[[], str]] = deque()
+    ctx._in_flight = in_flight if depth > 1 else None
     started = time.monotonic()
     sent_total = 0
-    while not should_stop():
-        before = _sent_count(session, campaign_id) if rate else 0
-        outcome = run_batch(session, campaign_id, ctx)
-        if outcome == SENT:
-            sent_total += max(0, _sent_count(session, campaign_id) - before) if rate else 0
-            if rate:
-                ahead = sent_total / rate - (time.monotonic() - started)
-                if ahead > 0:
-                    ctx.sleep(ahead)
-            continue
-        if outcome == RETRY:
-            wait = _retry_wait(session, campaign_id, ctx)
-            if wait is not None and wait <= 30:
-                ctx.sleep(max(0.0, wait))
+    paused = None  # a landed batch paused the campaign: that is what this run ended with
+    try:
+        while not should_stop():
+            if len(in_flight) >= depth:
+                paused = _land(in_flight.popleft(), campaign_id, ctx, paused)
                 continue
-        if outcome == IDLE and _open_batches_elsewhere(session, campaign_id):
-            ctx.sleep(0.2)
-            continue
-        return outcome
-    return IDLE
+            before = _sent_count(session, campaign_id) if rate else 0
+            outcome = run_batch(session, campaign_id, ctx)
+            if outcome == IN_FLIGHT:
+                continue
+            if in_flight and outcome != SENT:  # land the batches in flight first
+                while in_flight:
+                    paused = _land(in_flight.popleft(), campaign_id, ctx, paused)
+                if outcome == IDLE:  # nothing was claimable: their results may change that
+                    continue
+            if outcome == SENT:
+                sent_total += max(0, _sent_count(session, campaign_id) - before) if rate else 0
+                if rate:
+                    ahead = sent_total / rate - (time.monotonic() - started)
+                    if ahead > 0:
+                        ctx.sleep(ahead)
+                continue
+            if outcome == RETRY:
+                wait = _retry_wait(session, campaign_id, ctx)
+                if wait is not None and wait <= 30:
+                    ctx.sleep(max(0.0, wait))
+                    continue
+            if outcome == IDLE and _open_batches_elsewhere(session, campaign_id):
+                ctx.sleep(0.2)
+                continue
+            return paused if outcome == IDLE and paused else outcome
+        while in_flight:  # stopped: what was sent is still recorded
+            _land(in_flight.popleft(), campaign_id, ctx, paused)
+        return IDLE
+    except BaseException:
+        _land_after_error(session, in_flight, campaign_id, ctx)
+        raise
+    finally:
+        ctx._in_flight = None
+
+
+def _land(finish: Callable[[], str], campaign_id: int, ctx: RunContext, paused: str | None) -> str | None:
+    """Await and record a batch in flight (``_finish_delivery``); returns ``BLOCKED`` once one
+    paused the campaign (the next ``run_batch`` only sees a campaign that is not running)."""
+    outcome = finish()
+    if outcome != SENT:  # as ``run_batch``: a released batch is looked for next time
+        ctx._stale_check_due.pop(campaign_id, None)
+    return BLOCKED if outcome == BLOCKED else paused
+
+
+def _land_after_error(
+    session: Session, in_flight: deque[Callable[[], str]], campaign_id: int, ctx: RunContext
+) -> None:
+    """Record what the batches in flight got, although the run stops on an error: a batch left
+    unrecorded would wait for its lease to end before being taken over (and sent again, under
+    its key).  Each one on a clean session; one that fails too is left to that take-over."""
+    while in_flight:
+        finish = in_flight.popleft()
+        try:
+            session.rollback()
+            _land(finish, campaign_id, ctx, None)
+        except Exception:
+            log.warning("campaign %s: a batch in flight could not be recorded", campaign_id, exc_info=True)
 
 
 def _rate(session: Session, campaign_id: int, ctx: RunContext) -> float:

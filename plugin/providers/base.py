@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Literal, Protocol
 
@@ -105,3 +106,14 @@ class Provider(Protocol):
 
     def close(self) -> None:
         """Release connections."""
+
+
+def begin_batch(provider: Provider, batch: BatchMessage) -> Callable[[], list[SendResult]]:
+    """Start sending ``batch``; the returned function waits for the provider's answer and
+    returns or raises what ``send_batch`` would.  A provider with a ``begin_batch`` of its own
+    (SendCloud) sends at once, so a runner can prepare its next batches meanwhile; any other
+    sends when the answer is asked for."""
+    begin = getattr(provider, "begin_batch", None)
+    if begin is not None:
+        return begin(batch)
+    return functools.partial(provider.send_batch, batch)

@@ -28,7 +28,7 @@ import json
 import operator
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 from urllib.parse import unquote
@@ -47,6 +47,7 @@ from ..errors import (
     WebhookRejected,
 )
 from ..i18n import _, _l
+from . import inflight
 from .base import AccountInfo, BatchMessage, SendResult, TrackingEvent
 
 PROVIDER_NAME = "sendcloud"
@@ -130,6 +131,8 @@ def account_type_label(value: object) -> str:
     text = str(value)
     label = _ACCOUNT_TYPES.get(text.strip())
     return str(label) if label is not None else text
+
+
 #: ``templateType``: 0 trigger (transactional), 1 batch (marketing).
 TEMPLATE_TYPES = {"trigger": 0, "batch": 1}
 
@@ -316,34 +319,38 @@ def form_body(fields: Mapping[str, str]) -> bytes:
     ).encode("ascii")
 
 
-def _pool(base_url: str, timeout: float) -> urllib3.PoolManager:
-    """The connection pool of one client: keep-alive, no automatic retries, the proxy and CA
-    bundle ``requests`` would pick from the environment (read once, not on every call).
+def _transport(base_url: str, timeout: float) -> tuple[urllib3.PoolManager, inflight.Lanes | None]:
+    """The connections of one client: a keep-alive pool without automatic retries, with the
+    proxy and CA bundle ``requests`` would pick from the environment (read once, not on every
+    call); and, without a proxy, the lanes that carry batches in flight (``begin_call``).
 
     Why urllib3 and not ``requests.Session``: a batch is one POST of an already encoded body,
     and ``requests`` adds ~1 ms of CPU per call on top of urllib3 (merging the session's
     cookies, hooks and environment every time), 5 % of a batch's engine time."""
     environ = os.environ
     bundle = environ.get("REQUESTS_CA_BUNDLE") or environ.get("CURL_CA_BUNDLE") or DEFAULT_CA_BUNDLE_PATH
+    tls = {"cert_reqs": "CERT_REQUIRED", ("ca_cert_dir" if os.path.isdir(bundle) else "ca_certs"): bundle}
+    connect_timeout = min(timeout, 5.0)
     options: dict[str, Any] = {
         "retries": False,
-        "timeout": urllib3.Timeout(connect=min(timeout, 5.0), read=timeout),
+        "timeout": urllib3.Timeout(connect=connect_timeout, read=timeout),
         "maxsize": 8,
-        ("ca_cert_dir" if os.path.isdir(bundle) else "ca_certs"): bundle,
+        **tls,
     }
     scheme = base_url.partition(":")[0].lower()
     proxies = get_environ_proxies(base_url)
     proxy = proxies.get(scheme) or proxies.get("all") or None
     if not proxy:
-        return urllib3.PoolManager(**options)
+        lanes = inflight.Lanes(base_url, connect_timeout=connect_timeout, read_timeout=timeout, tls=tls)
+        return urllib3.PoolManager(**options), lanes
     parsed = urllib3.util.parse_url(proxy)
     if parsed.scheme and parsed.scheme.startswith("socks"):
         from urllib3.contrib.socks import SOCKSProxyManager  # needs PySocks, as requests does
 
-        return SOCKSProxyManager(proxy, **options)
+        return SOCKSProxyManager(proxy, **options), None
     if parsed.auth:  # user:password in the proxy URL, sent as requests would
         options["proxy_headers"] = urllib3.make_headers(proxy_basic_auth=unquote(parsed.auth))
-    return urllib3.ProxyManager(proxy, **options)
+    return urllib3.ProxyManager(proxy, **options), None
 
 
 class SendCloudClient:
@@ -363,7 +370,8 @@ class SendCloudClient:
         self._api_key = api_key
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
-        self._pool = _pool(self.base_url, timeout)
+        self._pool, self._lanes = _transport(self.base_url, timeout)
+        self._path = urllib3.util.parse_url(self.base_url).path or ""
 
     def __repr__(self) -> str:  # never show the key, not even in tracebacks of locals
         return f"<SendCloudClient {self.api_user} at {self.base_url}>"
@@ -376,13 +384,8 @@ class SendCloudClient:
         Raises the error class the status code maps to.  Only a connect failure is retried, once:
         the request never reached the server, so repeating it cannot duplicate anything.
         """
-        data = {"apiUser": self.api_user, "apiKey": self._api_key}
-        for key, value in (params or {}).items():
-            if value is None:
-                continue
-            data[key] = ("true" if value else "false") if isinstance(value, bool) else str(value)
         url = f"{self.base_url}/{path.lstrip('/')}"
-        body = form_body(data)  # see ``form_body``
+        body = self._form(params)
         response = None
         for attempt in (1, 2):
             try:
@@ -391,44 +394,74 @@ class SendCloudClient:
             except (NewConnectionError, ConnectTimeoutError):  # the server saw nothing
                 if attempt == 1:
                     continue
-                raise ProviderError(
-                    _("Cannot connect to SendCloud at %(url)s; nothing was sent.", url=self.base_url),
-                    provider=PROVIDER_NAME,
-                    retryable=True,
-                ) from None
+                raise self._not_sent() from None
             except ReadTimeoutError:
-                raise ProviderError(
-                    _(
-                        "SendCloud did not answer %(call)s within %(seconds)s s; the outcome is "
-                        "unknown, retry with the same sendRequestId.",
-                        call=path,
-                        seconds=format(self.timeout, "g"),
-                    ),
-                    provider=PROVIDER_NAME,
-                    retryable=True,
-                ) from None
+                raise self._unknown(path, timed_out=True) from None
             except HTTPError:  # the connection broke once the request was (maybe) out
-                raise ProviderError(
-                    _(
-                        "The connection to SendCloud broke during %(call)s; the outcome is unknown, "
-                        "retry with the same sendRequestId.",
-                        call=path,
-                    ),
-                    provider=PROVIDER_NAME,
-                    retryable=True,
-                ) from None
+                raise self._unknown(path, timed_out=False) from None
         assert response is not None
-        return self._parse(path, response)
+        return self._parse(path, response.status, response.data)
 
-    def _parse(self, path: str, response: urllib3.BaseHTTPResponse) -> Any:
-        if response.status >= 500:
+    def begin_call(self, path: str, params: Mapping[str, Any] | None = None) -> Callable[[], Any]:
+        """Send ``call(path, params)`` now and return the function that waits for its ``info``
+        (raising as ``call`` does).  Several may be in flight at once, each on its own
+        keep-alive connection (``plugin.providers.inflight``); behind a proxy the request goes
+        out when its answer is asked for."""
+        if self._lanes is None:
+            return functools.partial(self.call, path, params)
+        pending = self._lanes.post(f"{self._path}/{path.lstrip('/')}", self._form(params), _FORM_HEADERS)
+
+        def answer() -> Any:
+            try:
+                status, data = pending.answer()
+            except inflight.NotSent:
+                raise self._not_sent() from None
+            except inflight.OutcomeUnknown as exc:
+                raise self._unknown(path, timed_out=exc.timed_out) from None
+            return self._parse(path, status, data)
+
+        return answer
+
+    def _form(self, params: Mapping[str, Any] | None) -> bytes:
+        data = {"apiUser": self.api_user, "apiKey": self._api_key}
+        for key, value in (params or {}).items():
+            if value is None:
+                continue
+            data[key] = ("true" if value else "false") if isinstance(value, bool) else str(value)
+        return form_body(data)  # see ``form_body``
+
+    def _not_sent(self) -> ProviderError:
+        return ProviderError(
+            _("Cannot connect to SendCloud at %(url)s; nothing was sent.", url=self.base_url),
+            provider=PROVIDER_NAME,
+            retryable=True,
+        )
+
+    def _unknown(self, path: str, *, timed_out: bool) -> ProviderError:
+        if timed_out:
+            message = _(
+                "SendCloud did not answer %(call)s within %(seconds)s s; the outcome is "
+                "unknown, retry with the same sendRequestId.",
+                call=path,
+                seconds=format(self.timeout, "g"),
+            )
+        else:
+            message = _(
+                "The connection to SendCloud broke during %(call)s; the outcome is unknown, "
+                "retry with the same sendRequestId.",
+                call=path,
+            )
+        return ProviderError(message, provider=PROVIDER_NAME, retryable=True)
+
+    def _parse(self, path: str, status: int, data: bytes) -> Any:
+        if status >= 500:
             raise ProviderError(
-                _("SendCloud answered HTTP %(status)s to %(call)s.", status=response.status, call=path),
+                _("SendCloud answered HTTP %(status)s to %(call)s.", status=status, call=path),
                 provider=PROVIDER_NAME,
                 retryable=True,
             )
         try:
-            body = json.loads(response.data)
+            body = json.loads(data)
         except ValueError:
             body = None
         if not isinstance(body, dict) or "result" not in body:
@@ -437,7 +470,7 @@ class SendCloudClient:
                     "SendCloud answered %(call)s with HTTP %(status)s and a body that is not "
                     "its JSON envelope.",
                     call=path,
-                    status=response.status,
+                    status=status,
                 ),
                 provider=PROVIDER_NAME,
                 retryable=True,
@@ -571,6 +604,8 @@ class SendCloudClient:
 
     def close(self) -> None:
         self._pool.clear()
+        if self._lanes is not None:
+            self._lanes.close()
 
 
 def _data_list(info: Any) -> list[Mapping[str, Any]]:
@@ -665,11 +700,23 @@ class SendCloudProvider:
         return f"<SendCloudProvider {self.client.api_user}>"
 
     def send_batch(self, batch: BatchMessage) -> list[SendResult]:
-        params = build_send_params(batch)
+        return self.begin_batch(batch)()
+
+    def begin_batch(self, batch: BatchMessage) -> Callable[[], list[SendResult]]:
+        """Send now; the returned function waits for the answer (``providers.base.begin_batch``)."""
+        try:
+            params = build_send_params(batch)
+        except Exception as exc:  # raised where the answer is read, as the protocol says
+            return functools.partial(_raise, exc)
         endpoint = "mail/sendtemplate" if batch.template_name else "mail/send"
-        info = self.client.call(endpoint, params)
-        ids = [str(item) for item in (info.get("emailIdList") or [])] if isinstance(info, dict) else []
-        return _results(batch, ids)
+        answer = self.client.begin_call(endpoint, params)
+
+        def results() -> list[SendResult]:
+            info = answer()
+            ids = [str(item) for item in (info.get("emailIdList") or [])] if isinstance(info, dict) else []
+            return _results(batch, ids)
+
+        return results
 
     def send_one(self, batch: BatchMessage) -> SendResult:
         """A trigger mail: exactly one recipient, sent with whichever API_USER built this provider."""
@@ -685,6 +732,10 @@ class SendCloudProvider:
 
     def close(self) -> None:
         self.client.close()
+
+
+def _raise(exc: Exception) -> Any:
+    raise exc
 
 
 def _results(batch: BatchMessage, email_ids: list[str]) -> list[SendResult]:
