@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -34,6 +35,9 @@ class AccountStatus:
     stale_minutes: int = DEFAULT_STALE_MINUTES
     #: Warn when the available balance (else the balance) is below this; 0 = never.
     low_balance_threshold: float = DEFAULT_LOW_BALANCE
+    #: SendCloud's event posts refused for the APP KEY since then (``webhooks.note_refusal``).
+    webhook_refused_since: dt.datetime | None = None
+    webhook_refused_reason: str | None = None
 
     @property
     def remaining(self) -> int | None:
@@ -65,7 +69,7 @@ def account_status(
     """The workspace's SendCloud account and its latest snapshot; ``None`` before the wizard.
 
     ``settings`` (the plugin's Settings) supplies the stale and low-balance thresholds."""
-    limits = {
+    limits: dict[str, Any] = {
         "stale_minutes": getattr(settings, "quota_stale_minutes", DEFAULT_STALE_MINUTES),
         "low_balance_threshold": getattr(settings, "low_balance_threshold", DEFAULT_LOW_BALANCE),
     }
@@ -82,6 +86,10 @@ def account_status(
         .where(AccountSnapshot.workspace_id == workspace_id, AccountSnapshot.account_id == account.id)
         .order_by(AccountSnapshot.fetched_at.desc(), AccountSnapshot.id.desc())
         .limit(1)
+    )
+    limits.update(
+        webhook_refused_since=account.webhook_refused_since,
+        webhook_refused_reason=account.webhook_refused_reason,
     )
     if snapshot is None:
         return AccountStatus(

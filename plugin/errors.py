@@ -93,4 +93,12 @@ class Throttled(ProviderError):
 
 
 class WebhookRejected(MarketingError):
-    """A webhook post failed verification (signature, timestamp, shape); it changes nothing."""
+    """A webhook post failed verification (signature, timestamp, shape); it changes nothing.
+
+    ``reason``: ``signature`` (not signed with the stored APP KEY), ``no_key`` (none stored),
+    ``stale`` (outside the time window) or ``malformed``.  The first two mean every genuine
+    event is refused too, which the account pages must say (``webhooks.note_refusal``)."""
+
+    def __init__(self, message: str, *, reason: str = "malformed") -> None:
+        super().__init__(message)
+        self.reason = reason

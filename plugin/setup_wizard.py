@@ -511,6 +511,8 @@ class SetupWizard:
                     _("The APP KEY has no spaces and at most 200 characters."), field="app_key"
                 )
             account.webhook_app_key_encrypted = self.secrets.encrypt(app_key)
+            # refusals under the old key say nothing about this one
+            account.webhook_refused_since = account.webhook_refused_at = account.webhook_refused_reason = None
         elif not account.webhook_app_key_encrypted:
             raise InvalidInput(
                 _("Paste the webhook APP KEY shown on SendCloud's WebHook settings page."), field="app_key"

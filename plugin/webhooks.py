@@ -126,14 +126,16 @@ def receive_sendcloud(
         return "url_check"
     account = _account(session, workspace_id)
     if not account.webhook_app_key_encrypted:
-        raise WebhookRejected("no webhook app key is stored for this account")
+        raise WebhookRejected("no webhook app key is stored for this account", reason="no_key")
     app_key = secrets.decrypt(account.webhook_app_key_encrypted)
+    now = now or utcnow()
     verify_webhook(
         form,
         app_key,
-        now=now or utcnow(),
+        now=now,
         max_age=dt.timedelta(minutes=settings.webhook_max_age_minutes),
     )
+    _note_accepted(account, now)
     event = parse_webhook(form)
     data = _event_data(event, form)
     substat = (event.raw or {}).get("substat")
@@ -159,6 +161,46 @@ def receive_sendcloud(
         handle_route(session, settings, workspace_id, form)
     session.commit()
     return "stored" if stored else "duplicate"
+
+
+#: How often the account's webhook health is written: posts arrive by the thousand per minute.
+HEALTH_WRITE_EVERY = dt.timedelta(minutes=1)
+#: Refusals that mean genuine events are refused too (the stored APP KEY is wrong or missing).
+KEY_REFUSALS = frozenset({"signature", "no_key"})
+
+
+def _note_accepted(account: ProviderAccount, now: dt.datetime) -> None:
+    """A signed event arrived: the key works (committed with the event)."""
+    if account.webhook_refused_since is not None or account.webhook_refused_reason is not None:
+        account.webhook_refused_since = account.webhook_refused_at = account.webhook_refused_reason = None
+        account.webhook_ok_at = now
+    elif account.webhook_ok_at is None or now - account.webhook_ok_at >= HEALTH_WRITE_EVERY:
+        account.webhook_ok_at = now
+
+
+def note_refusal(session: Session, workspace_id: int, reason: str, *, now: dt.datetime | None = None) -> bool:
+    """Remember that a post was refused for the APP KEY (``KEY_REFUSALS``); commits.  Returns
+    whether anything was written: other refusals (stale, malformed) say nothing about the
+    key, and within ``HEALTH_WRITE_EVERY`` of the last write only the first one is written.
+
+    Why record it at all: SendCloud retries a refused post and then gives up, so a wrong key
+    otherwise shows only as statistics that stop moving.  Anyone can post a badly signed form
+    to the address, so the pages say what was refused and when, beside when an event was last
+    accepted, and the next accepted event clears it."""
+    if reason not in KEY_REFUSALS:
+        return False
+    now = now or utcnow()
+    try:
+        account = _account(session, workspace_id)
+    except NotFound:
+        return False
+    if account.webhook_refused_at is not None and now - account.webhook_refused_at < HEALTH_WRITE_EVERY:
+        return False
+    account.webhook_refused_since = account.webhook_refused_since or now
+    account.webhook_refused_at = now
+    account.webhook_refused_reason = reason
+    session.commit()
+    return True
 
 
 def _header_int(headers: Mapping[str, str], name: str) -> int | None:

@@ -432,24 +432,29 @@ class _Proxy(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_an_authenticating_proxy_from_the_environment_is_used(server, sim, monkeypatch):
-    """HTTP_PROXY with user:password (percent-encoded) is read once and its credentials sent,
-    as requests did; the call reaches SendCloud through it."""
+@pytest.fixture
+def auth_proxy(monkeypatch):
+    """An authenticating proxy on loopback, named by HTTP_PROXY (user ``crm@corp``, password
+    ``p:w``, percent-encoded); yields the requests it forwarded."""
     proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Proxy)
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
     _Proxy.seen.clear()
+    monkeypatch.setenv("HTTP_PROXY", f"http://crm%40corp:p%3Aw@127.0.0.1:{proxy.server_port}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    yield _Proxy.seen
+    proxy.shutdown()
+    proxy.server_close()
+
+
+def test_an_authenticating_proxy_from_the_environment_is_used(server, sim, auth_proxy):
+    """HTTP_PROXY with user:password (percent-encoded) is read once and its credentials sent,
+    as requests did; the call reaches SendCloud through it."""
+    client = SendCloudClient(USER, KEY, base_url=server.url, timeout=5)
     try:
-        monkeypatch.setenv("HTTP_PROXY", f"http://crm%40corp:p%3Aw@127.0.0.1:{proxy.server_port}")
-        monkeypatch.delenv("NO_PROXY", raising=False)
-        monkeypatch.delenv("no_proxy", raising=False)
-        client = SendCloudClient(USER, KEY, base_url=server.url, timeout=5)
-        try:
-            assert client.userinfo().daily_quota == 1000
-        finally:
-            client.close()
+        assert client.userinfo().daily_quota == 1000
     finally:
-        proxy.shutdown()
-        proxy.server_close()
+        client.close()
     assert len(_Proxy.seen) == 1
     path, auth = _Proxy.seen[0]
     assert path == f"{server.url}/userinfo/get"
@@ -472,26 +477,16 @@ def test_batches_begun_together_are_each_delivered_and_answered(provider, sim):
     assert sorted(m.recipient for m in sim.outbox) == sorted(r.email for m in messages for r in m.recipients)
 
 
-def test_behind_a_proxy_a_begun_batch_goes_out_when_its_answer_is_asked_for(server, sim, monkeypatch):
-    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Proxy)
-    threading.Thread(target=proxy.serve_forever, daemon=True).start()
-    _Proxy.seen.clear()
+def test_behind_a_proxy_a_begun_batch_goes_out_when_its_answer_is_asked_for(server, sim, auth_proxy):
+    provider = SendCloudProvider(USER, KEY, base_url=server.url, timeout=5)
     try:
-        monkeypatch.setenv("HTTP_PROXY", f"http://crm%40corp:p%3Aw@127.0.0.1:{proxy.server_port}")
-        monkeypatch.delenv("NO_PROXY", raising=False)
-        monkeypatch.delenv("no_proxy", raising=False)
-        provider = SendCloudProvider(USER, KEY, base_url=server.url, timeout=5)
-        try:
-            answer = provider.begin_batch(batch([Recipient("ann@example.com")], key="via-proxy"))
-            assert _Proxy.seen == []
-            assert sim.outbox == []
-            assert [r.status for r in answer()] == ["accepted"]
-        finally:
-            provider.close()
+        answer = provider.begin_batch(batch([Recipient("ann@example.com")], key="via-proxy"))
+        assert auth_proxy == []
+        assert sim.outbox == []
+        assert [r.status for r in answer()] == ["accepted"]
     finally:
-        proxy.shutdown()
-        proxy.server_close()
-    assert [path for path, _ in _Proxy.seen] == [f"{server.url}/mail/send"]
+        provider.close()
+    assert [path for path, _ in auth_proxy] == [f"{server.url}/mail/send"]
     assert [m.recipient for m in sim.outbox] == ["ann@example.com"]
 
 

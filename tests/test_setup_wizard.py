@@ -556,3 +556,22 @@ def test_the_account_type_reads_in_the_page_language(app):
             assert account_type_label(3) == "3"  # whatever SendCloud sends reads as text
         with force_locale("zh_Hans_CN"):
             assert account_type_label("付费用户") == "付费用户"
+
+
+def test_refused_events_show_on_step_four_and_a_new_app_key_clears_them(
+    login, session, workspace, simulator, dns_server
+):
+    from plugin import webhooks
+
+    wizard = through_api_users(session, workspace.id, dns_server)
+    session.commit()
+    assert webhooks.note_refusal(session, workspace.id, "signature")
+    page = login("admin").get("/marketing/setup/api-users").get_data(as_text=True)
+    assert 'data-webhook="refused"' in page
+    assert "does not match the APP KEY stored here" in page
+    wizard = make_wizard(session, workspace.id)
+    wizard.finish_api_users("app-key-pasted-again-456")
+    session.commit()
+    page = login("admin").get("/marketing/setup/api-users").get_data(as_text=True)
+    assert 'data-webhook="refused"' not in page
+    assert wizard.account().webhook_refused_since is None

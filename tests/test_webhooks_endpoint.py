@@ -198,3 +198,47 @@ def test_simulator_events_arrive_once_each(served, session, workspace):
     session.expire_all()
     types = sorted(session.scalars(select(Event.type).where(Event.workspace_id == workspace.id)))
     assert types == ["deliver", "deliver", "request"]
+
+
+def _account_of(session, workspace_id: int) -> ProviderAccount:
+    session.expire_all()
+    return session.scalar(select(ProviderAccount).where(ProviderAccount.workspace_id == workspace_id))
+
+
+def test_posts_refused_for_the_app_key_are_noted_and_shown_until_an_event_is_accepted(
+    app, client, login, session, workspace
+):
+    add_account(session, workspace.id, APP_KEY)
+    assert client.post(path(workspace.id), data=signed(APP_KEY, age_minutes=120)).status_code == 403
+    stale = _account_of(session, workspace.id)
+    assert stale.webhook_refused_since is None, "a stale post says nothing of the key"
+
+    assert client.post(path(workspace.id), data=signed(OTHER_APP_KEY)).status_code == 403
+    account = _account_of(session, workspace.id)
+    assert account.webhook_refused_reason == "signature"
+    first = account.webhook_refused_since
+    assert first is not None
+    assert account.webhook_refused_at == first
+    assert client.post(path(workspace.id), data=signed(OTHER_APP_KEY)).status_code == 403
+    assert _account_of(session, workspace.id).webhook_refused_at == first, "written at most once a minute"
+
+    for role in ("admin", "marketer"):  # every page's header says it; admins get the way to fix it
+        page = login(role).get("/marketing/").get_data(as_text=True)
+        assert 'data-warning="webhooks-refused"' in page
+        assert ('href="/marketing/setup/api-users"' in page) is (role == "admin")
+
+    assert client.post(path(workspace.id), data=signed(APP_KEY)).status_code == 200
+    account = _account_of(session, workspace.id)
+    assert account.webhook_refused_since is None
+    assert account.webhook_refused_reason is None
+    assert account.webhook_ok_at is not None
+    page = login("admin").get("/marketing/").get_data(as_text=True)
+    assert 'data-warning="webhooks-refused"' not in page
+
+
+def test_a_workspace_without_an_app_key_notes_why_everything_is_refused(client, session, workspace):
+    account = add_account(session, workspace.id, APP_KEY)
+    account.webhook_app_key_encrypted = None
+    session.commit()
+    assert client.post(path(workspace.id), data=signed(APP_KEY)).status_code == 403
+    assert _account_of(session, workspace.id).webhook_refused_reason == "no_key"

@@ -203,6 +203,11 @@ def sendcloud_webhook(token: str):
     except WebhookRejected as exc:
         state.session.rollback()
         log.warning("refused a SendCloud webhook for workspace %s: %s", workspace_id, exc)
+        try:
+            webhooks.note_refusal(state.session, workspace_id, exc.reason)
+        except Exception:  # the answer stays 403 whatever happens to the note
+            state.session.rollback()
+            log.warning("could not note the refused webhook", exc_info=True)
         return jsonify(error=str(exc)), 403
     return jsonify(status=outcome)
 

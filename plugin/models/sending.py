@@ -37,6 +37,13 @@ class ProviderAccount(WorkspaceScoped, Timestamped, Base):
     #: Where the provider posts events for this account (contains the workspace's signed token).
     webhook_url: Mapped[str | None] = mapped_column(String(500))
     webhook_registered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    #: Last time a signed event was accepted (written at most once a minute).
+    webhook_ok_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    #: Since when SendCloud's posts are refused for a wrong or missing APP KEY (cleared by the
+    #: next accepted one), the last such refusal, and why (``signature`` or ``no_key``).
+    webhook_refused_since: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    webhook_refused_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    webhook_refused_reason: Mapped[str | None] = mapped_column(String(16))
     smtp_host: Mapped[str | None] = mapped_column(String(255))
     smtp_port: Mapped[int | None]
     #: ``ssl``, ``starttls`` or ``none``.

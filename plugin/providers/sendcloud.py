@@ -809,7 +809,7 @@ def verify_webhook(
     because events are stored once (see ``parse_webhook``'s ``provider_event_id``).
     """
     if not app_key:
-        raise WebhookRejected("no webhook app key is configured")
+        raise WebhookRejected("no webhook app key is configured", reason="no_key")
     timestamp = _field(form, "timestamp")
     token = _field(form, "token")
     signature = _field(form, "signature")
@@ -826,10 +826,10 @@ def verify_webhook(
     if now.tzinfo is None:
         now = now.replace(tzinfo=dt.UTC)
     if abs(now - sent_at) > max_age:
-        raise WebhookRejected("webhook timestamp is outside the accepted window")
+        raise WebhookRejected("webhook timestamp is outside the accepted window", reason="stale")
     expected = sign_webhook(app_key, timestamp, token)
     if not hmac.compare_digest(expected, signature.lower()):
-        raise WebhookRejected("webhook signature does not match")
+        raise WebhookRejected("webhook signature does not match", reason="signature")
 
 
 def webhook_event_id(event: str, token: str) -> str:
