@@ -166,7 +166,7 @@ def child(url: str, sim_url: str, campaign_id: int, threads: int, durability: st
     from plugin.demo.models import db
     from plugin.models import Campaign
 
-    app = harness.bench_app(url, MARKETING_SENDCLOUD_API_BASE=sim_url)
+    app = harness.bench_app(url, MARKETING_SENDCLOUD_API_BASE=sim_url, **_in_flight_config())
     with app.app_context():
         if durability == "relaxed":
             harness.relax_durability(db.engine)
@@ -230,6 +230,14 @@ def finish_processes(procs) -> tuple[str, float]:
     return outcomes, sum(r["cpu"] for r in results)
 
 
+def _in_flight_config() -> dict:
+    """``--in-flight N`` reaches worker processes through the environment they inherit."""
+    import os
+
+    value = os.environ.get("BENCH_IN_FLIGHT")
+    return {"MARKETING_CAMPAIGN_IN_FLIGHT": int(value)} if value else {}
+
+
 def main() -> int:
     p = harness.parser(__doc__.split("\n\n")[0])
     p.add_argument("--child", nargs=3, metavar=("URL", "SIM_URL", "CAMPAIGN_ID"), help=argparse.SUPPRESS)
@@ -248,12 +256,25 @@ def main() -> int:
         "unlimited SendCloud campaign, MARKETING_CAMPAIGN_THREADS)",
     )
     p.add_argument("--profile-engine", metavar="FILE", help="cProfile the engine run (1 worker) to FILE")
+    p.add_argument(
+        "--in-flight",
+        type=int,
+        default=None,
+        help="batches each runner keeps in flight (default: MARKETING_CAMPAIGN_IN_FLIGHT's default)",
+    )
     args = p.parse_args()
+    if args.in_flight is not None:
+        import os
+
+        os.environ["BENCH_IN_FLIGHT"] = str(args.in_flight)
     n = args.n or PROFILES[args.profile]
     if args.workers is None:  # what each backend gives a campaign: threads, or one per task
         from plugin.config import DEFAULTS
+        from plugin.tasks import threads_per_campaign
 
-        args.workers = 1 if args.processes > 1 else int(DEFAULTS["CAMPAIGN_THREADS"])
+        dialect = "sqlite" if args.db == "sqlite" else "postgresql"
+        threads = threads_per_campaign(DEFAULTS["CAMPAIGN_THREADS"], dialect)
+        args.workers = 1 if args.processes > 1 else threads
     if args.child:
         child(args.child[0], args.child[1], int(args.child[2]), args.workers, args.durability)
         return 0
@@ -272,6 +293,7 @@ def main() -> int:
         recipients=n,
         db=args.db,
         workers=args.workers,
+        in_flight=args.in_flight or "default",
         processes=args.processes,
         profile=args.profile,
         durability=args.durability,
@@ -279,7 +301,7 @@ def main() -> int:
     with harness.SimulatorProcess() as sim, harness.bench_database(args.db) as database:
         sim.add_account("bench_engine", API_KEY)
         sim.add_account("bench_floor", API_KEY)
-        app = harness.bench_app(database.url, MARKETING_SENDCLOUD_API_BASE=sim.url)
+        app = harness.bench_app(database.url, MARKETING_SENDCLOUD_API_BASE=sim.url, **_in_flight_config())
         with app.app_context():
             if args.durability == "relaxed":
                 harness.relax_durability(db.engine)

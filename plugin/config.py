@@ -45,14 +45,16 @@ DEFAULTS: dict[str, Any] = {
     "BATCH_SIZE": 100,
     #: Default mails per second for a campaign.
     "SEND_RATE": 50.0,
-    #: Threads the ``threads`` backend gives one SendCloud campaign sent without a rate limit.
-    #: One: its runner keeps ``CAMPAIGN_IN_FLIGHT`` batches in flight, so it claims, builds and
-    #: records while the provider answers, and more threads mostly pass the interpreter lock
-    #: to each other (bench/dispatch.py, 100,000 recipients on 2 cores, SQLite: one thread
-    #: 14,848 recipients/s, three 11,498; before batches were kept in flight, three threads
-    #: sending one batch each reached 10,795).  A campaign with a rate, and an SMTP campaign
-    #: (one connection, the account's own rate), always keep one thread.
-    "CAMPAIGN_THREADS": 1,
+    #: Threads the ``threads`` backend gives one SendCloud campaign sent without a rate limit;
+    #: unset: one on SQLite, three on PostgreSQL.  Each keeps ``CAMPAIGN_IN_FLIGHT`` batches in
+    #: flight, so it claims, builds and records while the provider answers.  On SQLite that
+    #: keeps the provider busy and more threads mostly pass the interpreter lock to each other
+    #: (bench/dispatch.py, 100,000 recipients on 2 cores: one thread 14,848 recipients/s, three
+    #: 11,498); on PostgreSQL a thread also waits for the database's answers, which others fill
+    #: (one thread 5,202/s, three 6,497/s on a slower hour of the same machine).  A campaign
+    #: with a rate, and an SMTP campaign (one connection, the account's own rate), always keep
+    #: one thread.
+    "CAMPAIGN_THREADS": None,
     #: SendCloud batches one runner keeps in flight when its campaign has no rate limit: it
     #: sends one, then claims, builds and records others while the provider answers
     #: (``plugin.providers.inflight``).  1 sends and waits, batch after batch.
@@ -162,7 +164,8 @@ class Settings:
     mx_check: bool = False
     mx_check_budget_seconds: float = 30.0
     smtp_send_rate: float = 6.0
-    campaign_threads: int = 1
+    #: ``None``: decided by the database (``tasks.threads_per_campaign``).
+    campaign_threads: int | None = None
     campaign_in_flight: int = 3
     campaign_workers: int = 2
     soft_bounce_limit: int = 3
@@ -200,8 +203,8 @@ def load_settings(config: Mapping[str, Any]) -> Settings:
     batch_size = int(raw["BATCH_SIZE"])
     if not 1 <= batch_size <= 100:
         raise ConfigurationError("MARKETING_BATCH_SIZE must be between 1 and 100")
-    campaign_threads = int(raw["CAMPAIGN_THREADS"])
-    if not 1 <= campaign_threads <= 8:
+    campaign_threads = None if raw["CAMPAIGN_THREADS"] in (None, "") else int(raw["CAMPAIGN_THREADS"])
+    if campaign_threads is not None and not 1 <= campaign_threads <= 8:
         raise ConfigurationError("MARKETING_CAMPAIGN_THREADS must be between 1 and 8")
     campaign_in_flight = int(raw["CAMPAIGN_IN_FLIGHT"])
     if not 1 <= campaign_in_flight <= 8:

@@ -195,13 +195,22 @@ def runners_for(app: Flask, campaign_id: int, wanted: int, *, postgres_only: boo
     return 1 if rate > 0 else wanted
 
 
+def threads_per_campaign(configured: int | None, dialect: str) -> int:
+    """``MARKETING_CAMPAIGN_THREADS``, or when unset what measured best for the database: one
+    thread on SQLite (in-process, nothing to wait for but the provider, which the batches in
+    flight cover), three on PostgreSQL (each also waits for the server's answers)."""
+    if configured:
+        return max(1, int(configured))
+    return 1 if dialect == "sqlite" else 3
+
+
 class ThreadExecutor:
     """``threads`` backend: one campaign runs in this process at most once at a time.
 
     A SendCloud campaign without a rate limit gets ``MARKETING_CAMPAIGN_THREADS`` threads (the
-    runner's claims let several workers share a campaign, on SQLite as on PostgreSQL); by
-    default one, which keeps ``MARKETING_CAMPAIGN_IN_FLIGHT`` batches in flight and claims,
-    builds and records the next ones while SendCloud answers (``runner.run_campaign``).
+    runner's claims let several workers share a campaign, on SQLite as on PostgreSQL; see
+    ``threads_per_campaign``); each keeps ``MARKETING_CAMPAIGN_IN_FLIGHT`` batches in flight
+    and claims, builds and records the next ones while SendCloud answers (``run_campaign``).
     """
 
     def __init__(self, app: Flask, *, max_workers: int = 4) -> None:
@@ -212,7 +221,9 @@ class ThreadExecutor:
         with app.app_context():
             state = get_state()
             engine = state.db.engine
-            self.threads_per_campaign = max(1, int(getattr(state.settings, "campaign_threads", 1)))
+            self.threads_per_campaign = threads_per_campaign(
+                getattr(state.settings, "campaign_threads", None), engine.dialect.name
+            )
         self.heartbeat = Heartbeat(engine, self.worker_id)
         self._pool = ThreadPoolExecutor(
             max_workers=max_workers * self.threads_per_campaign, thread_name_prefix="marketing-run"

@@ -15,7 +15,14 @@ from plugin.demo.models import db
 from plugin.extension import get_state
 from plugin.models import Campaign, Lease, utcnow
 from plugin.scheduler import tick
-from plugin.tasks import CeleryExecutor, ThreadExecutor, get_executor, run_lease_name, shutdown_executor
+from plugin.tasks import (
+    CeleryExecutor,
+    ThreadExecutor,
+    get_executor,
+    run_lease_name,
+    shutdown_executor,
+    threads_per_campaign,
+)
 from tests.scheduler_kit import add_campaign, build_world, simulator_server
 
 
@@ -161,14 +168,19 @@ def test_send_command_reports_an_unknown_campaign(app, session):
     assert "no campaign 999999" in result.output
 
 
-def test_by_default_one_thread_runs_a_campaign_with_three_batches_in_flight(app):
+def test_by_default_a_campaign_gets_the_threads_its_database_runs_best_with(app):
+    """One on SQLite, three on PostgreSQL, each with three batches in flight."""
     settings = app.extensions["marketing"].settings
-    assert (settings.campaign_threads, settings.campaign_in_flight) == (1, 3)
+    assert (settings.campaign_threads, settings.campaign_in_flight) == (None, 3)
     executor = ThreadExecutor(app)
     try:
-        assert executor.threads_per_campaign == 1
+        dialect = app.extensions["marketing"].db.engine.dialect.name
+        assert executor.threads_per_campaign == (1 if dialect == "sqlite" else 3)
     finally:
         executor.shutdown()
+    assert threads_per_campaign(None, "sqlite") == 1
+    assert threads_per_campaign(None, "postgresql") == 3
+    assert threads_per_campaign(2, "sqlite") == 2
 
 
 def test_unrated_sendcloud_campaign_shares_out_to_three_threads_rated_one_keeps_one(
