@@ -58,3 +58,15 @@ def test_openapi_document_lists_resources(app):
 
 def test_public_health(app):
     assert app.test_client().get("/m/health").get_json() == {"status": "ok"}
+
+
+def test_pages_name_the_plugin_icon_and_it_is_served(login, workspace):
+    """Browsers ask for /favicon.ico (a 404 in every log) unless the page names an icon."""
+    client = login("admin")
+    page = client.get("/marketing/").get_data(as_text=True)
+    assert 'rel="icon" type="image/svg+xml"' in page
+    href = page.split('rel="icon" type="image/svg+xml" href="')[1].split('"')[0]
+    icon = client.get(href)
+    assert icon.status_code == 200
+    assert icon.mimetype == "image/svg+xml"
+    assert b"<svg" in icon.data
