@@ -642,7 +642,8 @@ def _check_dmarc(record: DnsRecordLike, res: dns.resolver.Resolver) -> RecordChe
         _(
             "Add a TXT record at %(host)s with the value %(value)s",
             host=host,
-            value=suggested_dmarc(domain),
+            # the value in the record's own row when it has one, so the two never differ
+            value=record.value if record.value and _is_dmarc(record.value) else suggested_dmarc(domain),
         ),
         answer.values,
     )
