@@ -182,3 +182,29 @@ def test_closing_the_lanes_still_answers_what_is_in_flight_then_lets_go(server):
     lanes.close()
     assert pending.answer() == (200, b"echo sleep:0.2")
     assert lanes._idle == []
+
+
+def test_an_answer_whose_body_stalls_counts_as_timed_out():
+    """Headers arrive, the body never does: a timeout (the outcome is unknown), not a break."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    release = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+        release.wait(5)
+        conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    port = listener.getsockname()[1]
+    lanes = inflight.Lanes(f"http://127.0.0.1:{port}", connect_timeout=1.0, read_timeout=0.3)
+    try:
+        with pytest.raises(inflight.OutcomeUnknown) as caught:
+            lanes.post("/x", b"data", {}).answer()
+        assert caught.value.timed_out
+    finally:
+        release.set()
+        listener.close()

@@ -289,6 +289,57 @@ def test_an_error_while_batches_are_in_flight_still_records_what_they_sent(
     assert set(counts.values()) == {1}
 
 
+def test_a_batch_awaited_past_its_lease_is_not_taken_over_by_its_own_runner(
+    app, session, workspace, setup, tagged_campaign, sim
+):
+    """Slow answers and a short lease (over several of the runner's looks for stale batches,
+    ``STALE_CHECK``): its own batches in flight stay its own (taken over, they would be sent
+    again under their key and counted twice)."""
+    c = tagged_campaign(3000)
+    ctx = _ctx(app, batch_lease=dt.timedelta(seconds=0.3))
+    runner.start(session, c.id, ctx)
+    sim.faults.update({"latency": 0.4})
+    try:
+        assert runner.run_campaign(session, c.id, ctx) == runner.DONE
+    finally:
+        sim.faults.update({"latency": 0.0})
+    session.expire_all()
+    assert session.get(Campaign, c.id).sent == 3000
+    counts = Counter(m.recipient for m in _mails_to(sim, setup["api_user"]))
+    assert len(counts) == 3000
+    assert set(counts.values()) == {1}
+    assert len(sim.requests("mail/send")) == 30, "no batch went out twice"
+
+
+def test_one_outage_counts_once_however_many_batches_were_in_flight(
+    app, session, workspace, setup, tagged_campaign, sim, monkeypatch
+):
+    """Three batches out when the provider fails all three: one failure towards the automatic
+    pause, not three."""
+    import dataclasses
+
+    state = app.extensions["marketing"]
+    monkeypatch.setattr(state, "settings", dataclasses.replace(state.settings, max_consecutive_failures=2))
+    c = tagged_campaign(800)
+    ctx = _ctx(app)
+    runner.start(session, c.id, ctx)
+    sim.faults.update({"fail_next": 3})
+    outcome = None
+    for _ in range(20):
+        outcome = runner.run_campaign(session, c.id, ctx)
+        if outcome == runner.DONE:
+            break
+        session.execute(Campaign.__table__.update().where(Campaign.id == c.id).values(retry_at=None))
+        session.commit()
+    session.expire_all()
+    campaign = session.get(Campaign, c.id)
+    assert outcome == runner.DONE, campaign.status
+    assert campaign.sent == 800
+    counts = Counter(m.recipient for m in _mails_to(sim, setup["api_user"]))
+    assert len(counts) == 800
+    assert set(counts.values()) == {1}
+
+
 def test_quota_pause_shows_a_reason_and_resumes_the_next_provider_day(
     app, session, workspace, setup, tagged_campaign, sim
 ):

@@ -123,8 +123,15 @@ class RunContext:
     #: Per campaign: the highest recipient id this worker claimed (see ``_pending_query``).
     _claimed_up_to: dict[int, int] = dataclasses.field(default_factory=dict)
     _contents: dict[tuple[int, int | None, int | None], Any] = dataclasses.field(default_factory=dict)
-    #: Set by ``run_campaign`` when it keeps batches in flight: sent batches' finishing steps.
-    _in_flight: deque[Callable[[], str]] | None = None
+    #: Set by ``run_campaign`` when it keeps batches in flight: the sent batches (id, number of
+    #: the send, finishing step), oldest first.
+    _in_flight: deque[tuple[int, int, Callable[[], str]]] | None = None
+    #: Batches this worker sent so far, and from which one on a failure counts towards the
+    #: automatic pause (failures of batches that were already out when one failed do not: one
+    #: outage must not count once per batch in flight).
+    _sends: int = 0
+    _failures_count_from: int = 0
+    _count_failures: bool = True
 
     def step(self, name: str) -> None:
         if self.on_step is not None:
@@ -546,6 +553,10 @@ def _run_batch(session: Session, campaign_id: int, ctx: RunContext) -> str:
     # claim (held through it, the ledger lock made three threads wait on each other ~20 % of
     # the time, pg_stat_statements: settle and take averaged 10 ms and 6.6 ms, mostly waiting).
     grant = _reserve(session, facts, account_facts, min(ctx.settings.batch_size, MAX_BATCH), ctx, now)
+    if isinstance(grant, quota.Blocked) and ctx._in_flight:
+        # the gate counts what the batches in flight hold: decide once they are recorded
+        session.rollback()
+        return IDLE
     if isinstance(grant, quota.Blocked):
         session.rollback()
         if not _has_pending(session, campaign_id):  # nothing left to send: no reason to pause
@@ -1074,12 +1085,14 @@ def _take_over_stale_batch(
     ``unknown`` for a person to decide).  Returns a run_batch outcome string when the batch
     cannot be retried now.
     """
+    own = [entry[0] for entry in ctx._in_flight or ()]  # out and awaited here, whatever their lease
     row = session.execute(
         select(SendBatch)
         .where(
             SendBatch.campaign_id == campaign.id,
             SendBatch.status.in_(("claimed", "sending")),
             SendBatch.lease_until < now,
+            *((SendBatch.id.not_in(own),) if own else ()),
         )
         .order_by(SendBatch.id)
         .limit(1)
@@ -1424,8 +1437,9 @@ def _deliver(
     finish = functools.partial(
         _finish_delivery, session, campaign, account, batch, members, message, ctx, now, answer
     )
+    ctx._sends += 1
     if ctx._in_flight is not None:
-        ctx._in_flight.append(finish)
+        ctx._in_flight.append((batch.id, ctx._sends, finish))
         return IN_FLIGHT
     return finish()
 
@@ -1645,7 +1659,8 @@ def _retry_later(
         update(Campaign)
         .where(Campaign.id == campaign.id)
         .values(
-            consecutive_failures=Campaign.consecutive_failures + (0 if throttled else 1),
+            consecutive_failures=Campaign.consecutive_failures
+            + (0 if throttled or not ctx._count_failures else 1),
             last_error=error[:2000],
         )
         .returning(Campaign.consecutive_failures)
@@ -1752,7 +1767,7 @@ def _fail_batch(
         .where(Campaign.id == campaign.id)
         .values(
             failed=Campaign.failed + len(members),
-            consecutive_failures=Campaign.consecutive_failures + 1,
+            consecutive_failures=Campaign.consecutive_failures + (1 if ctx._count_failures else 0),
             last_error=error[:2000],
         )
         .returning(Campaign.consecutive_failures)
@@ -1787,7 +1802,7 @@ def run_campaign(
     """
     rate = _rate(session, campaign_id, ctx)
     depth = 1 if rate else max(1, int(getattr(ctx.settings, "campaign_in_flight", 1)))
-    in_flight: deque[Callable[[], str]] = deque()
+    in_flight: deque[tuple[int, int, Callable[[], str]]] = deque()
     ctx._in_flight = in_flight if depth > 1 else None
     started = time.monotonic()
     sent_total = 0
@@ -1795,7 +1810,7 @@ def run_campaign(
     try:
         while not should_stop():
             if len(in_flight) >= depth:
-                paused = _land(in_flight.popleft(), campaign_id, ctx, paused)
+                paused = _land(session, in_flight.popleft(), campaign_id, ctx, paused)
                 continue
             before = _sent_count(session, campaign_id) if rate else 0
             outcome = run_batch(session, campaign_id, ctx)
@@ -1803,7 +1818,7 @@ def run_campaign(
                 continue
             if in_flight and outcome != SENT:  # land the batches in flight first
                 while in_flight:
-                    paused = _land(in_flight.popleft(), campaign_id, ctx, paused)
+                    paused = _land(session, in_flight.popleft(), campaign_id, ctx, paused)
                 if outcome == IDLE:  # nothing was claimable: their results may change that
                     continue
             if outcome == SENT:
@@ -1823,8 +1838,8 @@ def run_campaign(
                 continue
             return paused if outcome == IDLE and paused else outcome
         while in_flight:  # stopped: what was sent is still recorded
-            _land(in_flight.popleft(), campaign_id, ctx, paused)
-        return IDLE
+            paused = _land(session, in_flight.popleft(), campaign_id, ctx, paused)
+        return paused or IDLE
     except BaseException:
         _land_after_error(session, in_flight, campaign_id, ctx)
         raise
@@ -1832,26 +1847,39 @@ def run_campaign(
         ctx._in_flight = None
 
 
-def _land(finish: Callable[[], str], campaign_id: int, ctx: RunContext, paused: str | None) -> str | None:
+def _land(
+    session: Session,
+    entry: tuple[int, int, Callable[[], str]],
+    campaign_id: int,
+    ctx: RunContext,
+    paused: str | None,
+) -> str | None:
     """Await and record a batch in flight (``_finish_delivery``); returns ``BLOCKED`` once one
     paused the campaign (the next ``run_batch`` only sees a campaign that is not running)."""
-    outcome = finish()
+    _batch_id, send_number, finish = entry
+    session.commit()  # no transaction (a read's included) stays open while the answer comes
+    ctx._count_failures = send_number > ctx._failures_count_from
+    try:
+        outcome = finish()
+    finally:
+        ctx._count_failures = True
     if outcome != SENT:  # as ``run_batch``: a released batch is looked for next time
         ctx._stale_check_due.pop(campaign_id, None)
+        ctx._failures_count_from = ctx._sends  # what is already out failed in the same outage
     return BLOCKED if outcome == BLOCKED else paused
 
 
 def _land_after_error(
-    session: Session, in_flight: deque[Callable[[], str]], campaign_id: int, ctx: RunContext
+    session: Session, in_flight: deque[tuple[int, int, Callable[[], str]]], campaign_id: int, ctx: RunContext
 ) -> None:
     """Record what the batches in flight got, although the run stops on an error: a batch left
     unrecorded would wait for its lease to end before being taken over (and sent again, under
     its key).  Each one on a clean session; one that fails too is left to that take-over."""
     while in_flight:
-        finish = in_flight.popleft()
+        entry = in_flight.popleft()
         try:
             session.rollback()
-            _land(finish, campaign_id, ctx, None)
+            _land(session, entry, campaign_id, ctx, None)
         except Exception:
             log.warning("campaign %s: a batch in flight could not be recorded", campaign_id, exc_info=True)
 

@@ -23,7 +23,7 @@ import threading
 from typing import Any
 
 from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.exceptions import HTTPError
+from urllib3.exceptions import HTTPError, ReadTimeoutError
 from urllib3.util import parse_url
 
 
@@ -59,7 +59,7 @@ class PendingPost:
         try:
             response = conn.getresponse()
             body = response.data
-        except TimeoutError:
+        except (TimeoutError, ReadTimeoutError):  # the latter: the body stalled after the headers
             conn.close()
             raise OutcomeUnknown(timed_out=True) from None
         except (OSError, http.client.HTTPException, HTTPError):
