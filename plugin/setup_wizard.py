@@ -511,8 +511,9 @@ class SetupWizard:
                     _("The APP KEY has no spaces and at most 200 characters."), field="app_key"
                 )
             account.webhook_app_key_encrypted = self.secrets.encrypt(app_key)
-            # refusals under the old key say nothing about this one
+            # what was seen under the old key says nothing about this one
             account.webhook_refused_since = account.webhook_refused_at = account.webhook_refused_reason = None
+            account.webhook_ok_at = None
         elif not account.webhook_app_key_encrypted:
             raise InvalidInput(
                 _("Paste the webhook APP KEY shown on SendCloud's WebHook settings page."), field="app_key"
@@ -795,13 +796,31 @@ def _validate_domain_name(raw: str) -> str:
     if isinstance(result, str) and result:
         # Either the normalized name or an error message: a valid name has no spaces.
         if " " not in result.strip():
-            return result.strip().lower().rstrip(".")
+            return _deliverable(result.strip().lower().rstrip("."))
         raise InvalidInput(result, field="domain")
     if isinstance(result, list | tuple) and result:
         raise InvalidInput(str(result[0]), field="domain")
     if result is False:
         raise InvalidInput(_("Use letters, digits and hyphens only."), field="domain")
-    return candidate.lower().rstrip(".")
+    return _deliverable(candidate.lower().rstrip("."))
+
+
+def _deliverable(name: str) -> str:
+    """Refuse a name under a special-use suffix (.test, .local, .invalid...) here, in step 1:
+    the sender step would refuse every address at it, with no way back but unbinding."""
+    from email_validator import SPECIAL_USE_DOMAIN_NAMES
+
+    labels = name.split(".")
+    if any(".".join(labels[i:]) in SPECIAL_USE_DOMAIN_NAMES for i in range(len(labels))):
+        raise InvalidInput(
+            _(
+                "%(name)s is reserved for tests or local networks (.test, .local, .invalid, "
+                ".localhost...): mail cannot be sent from it. Use a domain you own.",
+                name=name,
+            ),
+            field="domain",
+        )
+    return name
 
 
 def _registrable(name: str, facts: Any) -> str:

@@ -448,6 +448,19 @@ def test_time_left_says_when_todays_quota_cannot_cover_the_rest(session, workspa
     assert fits["eta_seconds"] is not None
 
     campaign.total = 18
+    out = SendBatch(  # 8 out at the provider: their quota is held already, 10 are left to ask
+        workspace_id=workspace.id,
+        campaign_id=campaign.id,
+        seq=2,
+        idempotency_key=f"k{campaign.id}-2",
+        size=8,
+        status="sending",
+    )
+    session.add(out)
+    session.commit()
+    assert svc.status_of(session, campaign, now=now, settings=settings)["quota_note"] == ""
+    session.delete(out)
+    session.commit()
     lifecycle.transition(session, campaign, lifecycle.PAUSED, reason="user")  # not the quota's doing
     session.commit()
     assert svc.status_of(session, campaign, now=now, settings=settings)["quota_note"] == ""

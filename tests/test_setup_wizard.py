@@ -100,6 +100,8 @@ def checks_by_purpose(wizard: SetupWizard) -> dict:
         ("新闻.example.com", "position 1"),
         ("newsletter", "dot"),
         ("", "Enter"),
+        ("news.demo-shop.test", "reserved for tests"),
+        ("mail.intranet.local", "reserved for tests"),
     ],
 )
 def test_invalid_domain_names_are_refused_beside_the_field(session, workspace, name, fragment):
@@ -574,4 +576,16 @@ def test_refused_events_show_on_step_four_and_a_new_app_key_clears_them(
     session.commit()
     page = login("admin").get("/marketing/setup/api-users").get_data(as_text=True)
     assert 'data-webhook="refused"' not in page
+    assert 'data-webhook="ok"' not in page, "nothing has arrived under the new key yet"
     assert wizard.account().webhook_refused_since is None
+
+
+def test_entering_the_app_key_again_after_setup_returns_to_the_summary(
+    login, session, workspace, simulator, dns_server
+):
+    complete(session, workspace.id, simulator, dns_server)
+    session.commit()
+    admin = login("admin")
+    answer = admin.post("/marketing/setup/api-users", data={"app_key": "a-new-key-from-the-console"})
+    assert answer.status_code == 302
+    assert answer.headers["Location"].endswith("/marketing/setup/done")

@@ -401,7 +401,8 @@ def api_users():
         else:
             get_state().session.commit()
             flash(_("API_USERs are bound to the domain and the webhook is registered."), "success")
-            return redirect(_step_url("senders"))
+            # after setup (say, to enter the APP KEY again) back to the summary, not step 5
+            return redirect(_step_url("done" if wizard.is_completed() else "senders"))
     account = wizard.account()
     return _render(
         wizard,

@@ -747,7 +747,9 @@ def quota_outlook(
     Why: the time left comes from the sending rate, so a campaign of 50,000 on a 10,000 daily
     quota showed "2 h 5 min" until the gate paused it.  The days and the room left today come
     from the same forecast the form shows before launch (the day's ledger, the trigger share,
-    the owner's cap); mails in flight are counted in both, so the figure is "about".
+    the owner's cap).  Batches out at the provider (``sending``) already hold their quota in
+    the day's ledger, so their recipients are not asked of it a second time (with batches in
+    flight, a campaign that fits today showed "about 2 days" at its start).
     """
     from .. import forecast, quota
     from ..i18n import format_datetime, format_number
@@ -757,6 +759,14 @@ def quota_outlook(
         return None, ""
     account = session.get(ProviderAccount, campaign.account_id)
     if account is None or account.workspace_id != campaign.workspace_id:
+        return None, ""
+    held = session.scalar(
+        select(func.coalesce(func.sum(SendBatch.size), 0)).where(
+            SendBatch.campaign_id == campaign.id, SendBatch.status == "sending"
+        )
+    )
+    pending = max(0, pending - int(held or 0))
+    if not pending:
         return None, ""
     outlook = forecast.forecast(
         session,
