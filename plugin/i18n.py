@@ -65,6 +65,12 @@ def install_babel(app) -> None:
         Babel(app, locale_selector=preferred_locale, timezone_selector=preferred_timezone)
 
 
+def label(text: str) -> str:
+    """``text`` as the label of a value that follows: "Status: " in English, "状态：" in Chinese
+    (a full-width colon, no space)."""
+    return f"{text}：" if current_locale().language == "zh" else f"{text}: "
+
+
 def current_locale() -> Locale:
     locale = get_locale()
     if locale is not None:

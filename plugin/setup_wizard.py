@@ -338,6 +338,7 @@ class SetupWizard:
         account.status = "active"
         self.session.flush()
         state.account_id = account.id
+        self._record_snapshot(account, info)  # the account bar shows the figures from now on
         self._set_notes(account=_account_note(info))
         self._advance("dns")
         self.session.flush()
@@ -674,6 +675,14 @@ class SetupWizard:
             raise InvalidTransition(_("Enter and verify the API_USER and API_KEY first."))
         client = self._client()
         info = _call(lambda: _with_client(client, lambda c: c.userinfo()))
+        snapshot = self._record_snapshot(account, info)
+        self._set_notes(account=_account_note(info))
+        state.completed_at = state.completed_at or self._clock()
+        self.session.flush()
+        return snapshot
+
+    def _record_snapshot(self, account: ProviderAccount, info: Any) -> AccountSnapshot:
+        """Balance and quota as ``userinfo/get`` just gave them."""
         snapshot = AccountSnapshot(
             workspace_id=self.workspace_id,
             account_id=account.id,
@@ -685,9 +694,6 @@ class SetupWizard:
             fetched_at=self._clock(),
         )
         self.session.add(snapshot)
-        self._set_notes(account=_account_note(info))
-        state.completed_at = state.completed_at or self._clock()
-        self.session.flush()
         return snapshot
 
     def latest_snapshot(self) -> AccountSnapshot | None:

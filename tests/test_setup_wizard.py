@@ -182,6 +182,7 @@ def test_credentials_are_verified_and_stored_encrypted(session, workspace):
     assert API_KEY not in account.api_key_encrypted
     assert get_state().secrets.decrypt(account.api_key_encrypted) == API_KEY
     assert wizard.state().notes["account"]["daily_quota"] == 5000
+    assert wizard.latest_snapshot().daily_quota == 5000, "the account bar has figures from step 2 on"
     assert wizard.current_step() == "dns"
     # An empty key keeps the stored one (the page never shows it back).
     wizard.submit_credentials(API_USER, "")

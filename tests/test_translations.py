@@ -68,3 +68,15 @@ def test_pages_speak_chinese_by_default_and_english_on_request(login, workspace)
     english = browser.get("/marketing/").get_data(as_text=True)
     assert "Contacts" in english
     assert "联系人" not in english
+
+
+def test_a_label_takes_the_colon_of_its_language(app):
+    from flask_babel import force_locale
+
+    from plugin.i18n import label
+
+    with app.test_request_context():
+        with force_locale("en"):
+            assert label("Status") == "Status: "
+        with force_locale("zh_Hans_CN"):
+            assert label("状态") == "状态："
