@@ -363,3 +363,14 @@ def test_stale_threshold_comes_from_the_setting(login, session, workspace, accou
     header = bar(login("sales").get("/marketing/").get_data(as_text=True))
     assert 'data-quota="2000"' in header
     assert 'data-warning="stale"' not in header
+
+
+def test_the_forecast_names_the_account_kind_as_the_campaign_form_does(login, session, workspace):
+    from plugin.models import ProviderAccount
+
+    account = ProviderAccount(workspace_id=workspace.id, kind="sendcloud", name="acme_batch", api_user="acme")
+    session.add(account)
+    session.commit()
+    page = login("admin").get("/marketing/quota").get_data(as_text=True)
+    assert "acme_batch (SendCloud)" in page
+    assert "(sendcloud)" not in page
