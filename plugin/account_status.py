@@ -69,7 +69,7 @@ def account_status(
     """The workspace's SendCloud account and its latest snapshot; ``None`` before the wizard.
 
     ``settings`` (the plugin's Settings) supplies the stale and low-balance thresholds."""
-    limits: dict[str, Any] = {
+    common: dict[str, Any] = {
         "stale_minutes": getattr(settings, "quota_stale_minutes", DEFAULT_STALE_MINUTES),
         "low_balance_threshold": getattr(settings, "low_balance_threshold", DEFAULT_LOW_BALANCE),
     }
@@ -87,13 +87,13 @@ def account_status(
         .order_by(AccountSnapshot.fetched_at.desc(), AccountSnapshot.id.desc())
         .limit(1)
     )
-    limits.update(
+    common.update(
         webhook_refused_since=account.webhook_refused_since,
         webhook_refused_reason=account.webhook_refused_reason,
     )
     if snapshot is None:
         return AccountStatus(
-            account.api_user or account.name, None, None, None, None, None, account.id, **limits
+            account.api_user or account.name, None, None, None, None, None, account.id, **common
         )
     return AccountStatus(
         account_name=account.api_user or account.name,
@@ -103,7 +103,7 @@ def account_status(
         used_today=used_today(session, account.id, snapshot),
         fetched_at=snapshot.fetched_at,
         account_id=account.id,
-        **limits,
+        **common,
     )
 
 

@@ -512,9 +512,7 @@ class SetupWizard:
                     _("The APP KEY has no spaces and at most 200 characters."), field="app_key"
                 )
             account.webhook_app_key_encrypted = self.secrets.encrypt(app_key)
-            # what was seen under the old key says nothing about this one
-            account.webhook_refused_since = account.webhook_refused_at = account.webhook_refused_reason = None
-            account.webhook_ok_at = None
+            webhooks.forget_health(account)  # what was seen under the old key says nothing of this one
         elif not account.webhook_app_key_encrypted:
             raise InvalidInput(
                 _("Paste the webhook APP KEY shown on SendCloud's WebHook settings page."), field="app_key"

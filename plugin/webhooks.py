@@ -169,10 +169,16 @@ HEALTH_WRITE_EVERY = dt.timedelta(minutes=1)
 KEY_REFUSALS = frozenset({"signature", "no_key"})
 
 
+def forget_health(account: ProviderAccount) -> None:
+    """Nothing known of the key: no refusal, no accepted event (a new key is stored)."""
+    account.webhook_refused_since = account.webhook_refused_at = account.webhook_refused_reason = None
+    account.webhook_ok_at = None
+
+
 def _note_accepted(account: ProviderAccount, now: dt.datetime) -> None:
     """A signed event arrived: the key works (committed with the event)."""
     if account.webhook_refused_since is not None or account.webhook_refused_reason is not None:
-        account.webhook_refused_since = account.webhook_refused_at = account.webhook_refused_reason = None
+        forget_health(account)
         account.webhook_ok_at = now
     elif account.webhook_ok_at is None or now - account.webhook_ok_at >= HEALTH_WRITE_EVERY:
         account.webhook_ok_at = now

@@ -415,6 +415,16 @@ def test_status_reports_progress_rate_and_eta(session, workspace, kit_setup):
     assert "Daily quota used up" in paused["pause_text"]
 
 
+def _batch(campaign, seq: int, **values) -> SendBatch:
+    return SendBatch(
+        workspace_id=campaign.workspace_id,
+        campaign_id=campaign.id,
+        seq=seq,
+        idempotency_key=f"k{campaign.id}-{seq}",
+        **values,
+    )
+
+
 def test_time_left_says_when_todays_quota_cannot_cover_the_rest(session, workspace, kit_setup, sim_snapshot):
     """Quota 10 a day: a running campaign with 18 to go would show the rate's minutes; it shows
     the days and says the rest waits for the quota's reset (the same forecast as the form)."""
@@ -423,17 +433,7 @@ def test_time_left_says_when_todays_quota_cannot_cover_the_rest(session, workspa
     campaign = svc.save_draft(session, workspace.id, spec(kit_setup), user_id="1")
     lifecycle.transition(session, campaign, lifecycle.RUNNING, now=now - dt.timedelta(minutes=1))
     campaign.total = 18
-    session.add(
-        SendBatch(
-            workspace_id=workspace.id,
-            campaign_id=campaign.id,
-            seq=1,
-            idempotency_key=f"k{campaign.id}-1",
-            size=2,
-            status="sent",
-            sent_at=now - dt.timedelta(seconds=20),
-        )
-    )
+    session.add(_batch(campaign, 1, size=2, status="sent", sent_at=now - dt.timedelta(seconds=20)))
     session.commit()
     assert svc.status_of(session, campaign, now=now)["eta_seconds"] is not None  # without settings
     status = svc.status_of(session, campaign, now=now, settings=settings)
@@ -448,14 +448,7 @@ def test_time_left_says_when_todays_quota_cannot_cover_the_rest(session, workspa
     assert fits["eta_seconds"] is not None
 
     campaign.total = 18
-    out = SendBatch(  # 8 out at the provider: their quota is held already, 10 are left to ask
-        workspace_id=workspace.id,
-        campaign_id=campaign.id,
-        seq=2,
-        idempotency_key=f"k{campaign.id}-2",
-        size=8,
-        status="sending",
-    )
+    out = _batch(campaign, 2, size=8, status="sending")  # quota held already: 10 left to ask
     session.add(out)
     session.commit()
     assert svc.status_of(session, campaign, now=now, settings=settings)["quota_note"] == ""

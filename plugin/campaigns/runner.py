@@ -92,6 +92,8 @@ IDLE = "idle"
 IN_FLIGHT = "in-flight"
 
 StepHook = Callable[[str], None]
+#: A batch in flight: its id, the number of its send (``RunContext._sends``), its finishing step.
+_InFlight = tuple[int, int, Callable[[], str]]
 
 
 def _worker_id() -> str:
@@ -125,7 +127,7 @@ class RunContext:
     _contents: dict[tuple[int, int | None, int | None], Any] = dataclasses.field(default_factory=dict)
     #: Set by ``run_campaign`` when it keeps batches in flight: the sent batches (id, number of
     #: the send, finishing step), oldest first.
-    _in_flight: deque[tuple[int, int, Callable[[], str]]] | None = None
+    _in_flight: deque[_InFlight] | None = None
     #: Batches this worker sent so far, and from which one on a failure counts towards the
     #: automatic pause (failures of batches that were already out when one failed do not: one
     #: outage must not count once per batch in flight).
@@ -1802,7 +1804,7 @@ def run_campaign(
     """
     rate = _rate(session, campaign_id, ctx)
     depth = 1 if rate else max(1, int(getattr(ctx.settings, "campaign_in_flight", 1)))
-    in_flight: deque[tuple[int, int, Callable[[], str]]] = deque()
+    in_flight: deque[_InFlight] = deque()
     ctx._in_flight = in_flight if depth > 1 else None
     started = time.monotonic()
     sent_total = 0
@@ -1817,8 +1819,7 @@ def run_campaign(
             if outcome == IN_FLIGHT:
                 continue
             if in_flight and outcome != SENT:  # land the batches in flight first
-                while in_flight:
-                    paused = _land(session, in_flight.popleft(), campaign_id, ctx, paused)
+                paused = _land_all(session, in_flight, campaign_id, ctx, paused)
                 if outcome == IDLE:  # nothing was claimable: their results may change that
                     continue
             if outcome == SENT:
@@ -1837,9 +1838,7 @@ def run_campaign(
                 ctx.sleep(0.2)
                 continue
             return paused if outcome == IDLE and paused else outcome
-        while in_flight:  # stopped: what was sent is still recorded
-            paused = _land(session, in_flight.popleft(), campaign_id, ctx, paused)
-        return paused or IDLE
+        return _land_all(session, in_flight, campaign_id, ctx, paused) or IDLE  # stopped: still recorded
     except BaseException:
         _land_after_error(session, in_flight, campaign_id, ctx)
         raise
@@ -1849,7 +1848,7 @@ def run_campaign(
 
 def _land(
     session: Session,
-    entry: tuple[int, int, Callable[[], str]],
+    entry: _InFlight,
     campaign_id: int,
     ctx: RunContext,
     paused: str | None,
@@ -1869,8 +1868,21 @@ def _land(
     return BLOCKED if outcome == BLOCKED else paused
 
 
+def _land_all(
+    session: Session,
+    in_flight: deque[_InFlight],
+    campaign_id: int,
+    ctx: RunContext,
+    paused: str | None,
+) -> str | None:
+    """``_land`` every batch in flight, oldest first."""
+    while in_flight:
+        paused = _land(session, in_flight.popleft(), campaign_id, ctx, paused)
+    return paused
+
+
 def _land_after_error(
-    session: Session, in_flight: deque[tuple[int, int, Callable[[], str]]], campaign_id: int, ctx: RunContext
+    session: Session, in_flight: deque[_InFlight], campaign_id: int, ctx: RunContext
 ) -> None:
     """Record what the batches in flight got, although the run stops on an error: a batch left
     unrecorded would wait for its lease to end before being taken over (and sent again, under
