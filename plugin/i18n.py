@@ -12,7 +12,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from babel import Locale, UnknownLocaleError
-from babel.dates import format_datetime as babel_format_datetime
+from babel.dates import format_date, format_time, get_datetime_format
 from babel.numbers import format_decimal
 from flask import current_app, g, has_request_context, request, session
 from flask_babel import Babel, Domain, get_locale
@@ -81,15 +81,22 @@ def current_locale() -> Locale:
         return Locale.parse("en")
 
 
-def format_datetime(value: dt.datetime | None, fmt: str = "medium") -> str:
-    """A UTC timestamp shown in the user's time zone and language."""
+def format_datetime(value: dt.datetime | None) -> str:
+    """A UTC timestamp shown in the user's time zone and language, in the one form every page
+    uses: the medium date and the time to the minute ("Dec 8, 2026, 4:44 AM", "2026年12月8日
+    04:44").  Why one form: pages mixed Babel's short form (a numeric date, "12/8/26", read
+    differently across regions) and its medium one (with seconds nobody needs), so the same
+    moment looked different in the account bar and on the page below it."""
     if value is None:
         return ""
     if value.tzinfo is None:
         value = value.replace(tzinfo=dt.UTC)
     cache = g.setdefault("_marketing_tz", None) if has_request_context() else None
-    tz = cache or user_timezone()
-    return babel_format_datetime(value, fmt, tzinfo=tz, locale=current_locale())
+    local = value.astimezone(cache or user_timezone())
+    locale = current_locale()
+    date = format_date(local, "medium", locale=locale)
+    time = format_time(local, "short", locale=locale)
+    return get_datetime_format("medium", locale=locale).replace("'", "").format(time, date)
 
 
 def format_number(value: float | int | None) -> str:

@@ -145,6 +145,33 @@ def test_hour_toggle_draws_hours(login, campaign):
     assert re.search(r'class="btn small primary" id="by-hour"', body)
 
 
+def test_a_campaign_of_one_day_opens_on_its_hours(login, session, workspace):
+    """Unasked, a campaign whose activity fits in one day shows its hours, not one lone point per
+    metric; a campaign spanning two days opens on days (the ``campaign`` fixture above)."""
+    row = Campaign(workspace_id=workspace.id, name="Flash sale", status="completed", total=9, sent=9)
+    session.add(row)
+    session.flush()
+    for hour, n in ((0, 6), (2, 3)):
+        counters.bump(
+            session,
+            workspace_id=workspace.id,
+            campaign_id=row.id,
+            metric="sent",
+            at=SHANGHAI_1_MARCH + dt.timedelta(hours=hour),
+            n=n,
+        )
+    session.commit()
+    body = text(login("sales").get(f"/marketing/campaigns/{row.id}/stats"))
+    data = chart_data(body, "stats-chart-data")
+    assert data["series"]["labels"] == ["03-01 10:00", "03-01 11:00", "03-01 12:00"]
+    sent = next(d for d in data["series"]["datasets"] if d["key"] == "sent")
+    assert sent["data"] == [6, 0, 3]
+    assert re.search(r'class="btn small primary" id="by-hour"', body)
+    asked = text(login("sales").get(f"/marketing/campaigns/{row.id}/stats?by=day"))
+    assert chart_data(asked, "stats-chart-data")["series"]["labels"] == ["03-01"]
+    assert re.search(r'class="btn small primary" id="by-day"', asked)
+
+
 def test_a_campaign_without_figures_says_what_comes(login, session, workspace):
     draft = Campaign(workspace_id=workspace.id, name="Draft", status="draft")
     session.add(draft)

@@ -80,3 +80,22 @@ def test_a_label_takes_the_colon_of_its_language(app):
             assert label("Status") == "Status: "
         with force_locale("zh_Hans_CN"):
             assert label("状态") == "状态："
+
+
+def test_times_read_the_same_everywhere_in_the_users_zone_and_language(app):
+    """One form on every page: the medium date and the time to the minute, in the user's zone
+    (Asia/Shanghai by default), stored as UTC."""
+    import datetime as dt
+
+    from flask_babel import force_locale
+
+    from plugin.i18n import format_datetime
+
+    moment = dt.datetime(2026, 12, 7, 20, 44, 26, tzinfo=dt.UTC)  # 04:44 the next day in Shanghai
+    with app.test_request_context():
+        with force_locale("en"):
+            assert format_datetime(moment) == "Dec 8, 2026, 4:44\u202fAM"
+            assert format_datetime(moment.replace(tzinfo=None)) == "Dec 8, 2026, 4:44\u202fAM"
+        with force_locale("zh_Hans_CN"):
+            assert format_datetime(moment) == "2026年12月8日 04:44"
+        assert format_datetime(None) == ""

@@ -63,10 +63,14 @@ def percent(value: float | None) -> str:
 
 # -- campaign ------------------------------------------------------------------------------------
 class CampaignArgs(Schema):
+    """``by``: the timeline's period; unset, per day once the campaign's activity spans two days
+    or more, per hour before (a campaign read on the day it went out would otherwise show one
+    lone point per metric)."""
+
     class Meta:
         unknown = EXCLUDE
 
-    by = fields.String(load_default="day", validate=validate.OneOf(["day", "hour"]))
+    by = fields.String(load_default=None, validate=validate.OneOf(["day", "hour"]))
 
 
 def campaign_page(campaign_id: int):
@@ -82,7 +86,11 @@ def campaign_page(campaign_id: int):
     except NotFound:
         abort(404)
     campaign = state.session.get(Campaign, campaign_id)
-    series = stats.time_series(state.session, ws, campaign_id, by=args["by"], tz=tz)
+    by = args["by"] or "day"
+    series = stats.time_series(state.session, ws, campaign_id, by=by, tz=tz)
+    if args["by"] is None and len(series.periods) < 2:
+        by = "hour"
+        series = stats.time_series(state.session, ws, campaign_id, by=by, tz=tz)
     tables = {
         "template": stats.breakdown(state.session, ws, campaign_id, "template"),
         "sender": stats.breakdown(state.session, ws, campaign_id, "sender"),
@@ -90,7 +98,7 @@ def campaign_page(campaign_id: int):
         "domain": stats.breakdown(state.session, ws, campaign_id, "domain", limit=stats.DOMAIN_ROWS),
     }
     labels = stats.metric_labels()
-    period_labels = [_period_label(p, args["by"], tz) for p in series.periods]
+    period_labels = [_period_label(p, by, tz) for p in series.periods]
     chart = {
         "funnel": {
             "labels": [labels[m] for m, _n, _s in summary.funnel],
@@ -115,7 +123,7 @@ def campaign_page(campaign_id: int):
         tables=tables,
         labels=labels,
         chart=chart,
-        by=args["by"],
+        by=by,
         percent=percent,
         status_label=lifecycle.status_label,
         has_data=any(summary.totals.values()),

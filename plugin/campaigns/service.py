@@ -780,7 +780,7 @@ def quota_outlook(
     )
     if outlook.fits_today or outlook.remaining_today is None:
         return None, ""
-    resets = format_datetime(quota.next_provider_midnight(now), "short")
+    resets = format_datetime(quota.next_provider_midnight(now))
     days = outlook.days_needed
     if outlook.remaining_today > 0:
         note = _(

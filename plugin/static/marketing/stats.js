@@ -32,8 +32,10 @@
       },
       options: { plugins: { legend: { position: "right" } } }
     });
+    // One period (a campaign's first hour) is a row of bars: a line of one point shows nothing.
+    const single = d.series.labels.length < 2;
     chart("series-chart", {
-      type: "line",
+      type: single ? "bar" : "line",
       data: {
         labels: d.series.labels,
         datasets: d.series.datasets.map(function (s, i) {
@@ -54,7 +56,7 @@
         datasets: [
           { type: "bar", label: d.names.total, data: d.total, backgroundColor: "#2f6fed" },
           { type: "bar", label: d.names.delivered, data: d.delivered, backgroundColor: "#12805c" },
-          { type: "line", label: d.names.failed, data: d.failed, borderColor: "#c0392b", backgroundColor: "#c0392b", tension: 0.2 }
+          { type: d.labels.length < 2 ? "bar" : "line", label: d.names.failed, data: d.failed, borderColor: "#c0392b", backgroundColor: "#c0392b", tension: 0.2 }
         ]
       },
       options: { interaction: { mode: "index", intersect: false }, scales: { y: { beginAtZero: true } } }
