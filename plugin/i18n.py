@@ -12,7 +12,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from babel import Locale, UnknownLocaleError
-from babel.dates import format_date, format_time, get_datetime_format
+from babel.dates import format_date, format_skeleton, format_time, get_datetime_format
 from babel.numbers import format_decimal
 from flask import current_app, g, has_request_context, request, session
 from flask_babel import Babel, Domain, get_locale
@@ -97,6 +97,24 @@ def format_datetime(value: dt.datetime | None) -> str:
     date = format_date(local, "medium", locale=locale)
     time = format_time(local, "short", locale=locale)
     return get_datetime_format("medium", locale=locale).replace("'", "").format(time, date)
+
+
+def format_day(value: dt.date | None) -> str:
+    """A calendar day (already the user's) in the same words as :func:`format_datetime`'s date:
+    "Dec 8, 2026", "2026年12月8日"."""
+    return "" if value is None else format_date(value, "medium", locale=current_locale())
+
+
+def chart_day(value: dt.date) -> str:
+    """A day on a chart's axis, short but in the user's language: "Dec 8", "12月8日" (the year
+    is in the page's range)."""
+    return format_skeleton("MMMd", value, locale=current_locale())
+
+
+def chart_hour(value: dt.datetime) -> str:
+    """An hour on a chart's axis (``value`` already in the user's zone): "Dec 8 05:00",
+    "12月8日 05:00"."""
+    return f"{chart_day(value)} {format_time(value, 'HH:mm', locale=current_locale())}"
 
 
 def format_number(value: float | int | None) -> str:

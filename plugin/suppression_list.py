@@ -50,6 +50,21 @@ def reason_labels() -> dict[str, str]:
     }
 
 
+def source_label(source: str) -> str:
+    """Where an entry came from, in the user's words; the stored code (``link``, ``webhook``,
+    ``admin:<user>``, ``import:<user>``) stays the value exports carry."""
+    kind, _sep, who = (source or "").partition(":")
+    if kind == "link":
+        return _("Unsubscribe link in a mail")
+    if kind == "webhook":
+        return _("Provider event")
+    if kind == "admin":
+        return _("Added on this page by user %(user)s", user=who) if who else _("Added on this page")
+    if kind == "import":
+        return _("File import by user %(user)s", user=who) if who else _("File import")
+    return source or "—"
+
+
 @dataclasses.dataclass(frozen=True)
 class Entry:
     id: int

@@ -158,7 +158,8 @@ def test_quota_page_shows_figures_chart_data_and_todays_ledger(login, session, w
     assert "of which 200 kept for trigger mail" in page
     chart = json.loads(re.search(r'id="quota-history-data">(.*?)</script>', page, re.S).group(1))
     assert len(chart["labels"]) == 30  # the whole window, days without a sync left empty
-    assert chart["labels"][-1] == quota.provider_day(utcnow()).isoformat()
+    today = quota.provider_day(utcnow())
+    assert chart["labels"][-1] == f"{today:%b} {today.day}"  # the locale's short day: "Dec 8"
     assert chart["used"] == [None] * 27 + [1800, 900, 300]
     assert chart["quota"] == [None] * 27 + [2000, 2000, 2000]
     assert "vendor/chart.umd.min.js" in page

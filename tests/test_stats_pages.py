@@ -107,7 +107,7 @@ def test_campaign_page_shows_figures_rates_charts_and_tables(login, campaign):
     assert data["funnel"]["values"] == [100, 100, 90, 30, 9, 3]
     outcomes = dict(zip(data["outcomes"]["keys"], data["outcomes"]["values"], strict=True))
     assert (outcomes["delivered"], outcomes["invalid"], outcomes["bounced"]) == (90, 6, 4)
-    assert data["series"]["labels"] == ["03-01", "03-02"]  # replies arrived the next day in Shanghai
+    assert data["series"]["labels"] == ["Mar 1", "Mar 2"]  # replies arrived the next day in Shanghai
     replied = next(d for d in data["series"]["datasets"] if d["key"] == "replied")
     assert replied["data"] == [0, 3]
     assert "Spring picture offer" in body
@@ -139,7 +139,7 @@ def test_opens_and_clicks_of_an_untracked_campaign_read_not_tracked(login, sessi
 def test_hour_toggle_draws_hours(login, campaign):
     body = text(login("sales").get(f"/marketing/campaigns/{campaign.id}/stats?by=hour"))
     data = chart_data(body, "stats-chart-data")
-    assert data["series"]["labels"][0] == "03-01 10:00"
+    assert data["series"]["labels"][0] == "Mar 1 10:00"
     assert len(data["series"]["labels"]) == 21  # 10:00 to 06:00 the next day, gaps filled
     assert 'id="by-hour"' in body
     assert re.search(r'class="btn small primary" id="by-hour"', body)
@@ -163,12 +163,12 @@ def test_a_campaign_of_one_day_opens_on_its_hours(login, session, workspace):
     session.commit()
     body = text(login("sales").get(f"/marketing/campaigns/{row.id}/stats"))
     data = chart_data(body, "stats-chart-data")
-    assert data["series"]["labels"] == ["03-01 10:00", "03-01 11:00", "03-01 12:00"]
+    assert data["series"]["labels"] == ["Mar 1 10:00", "Mar 1 11:00", "Mar 1 12:00"]
     sent = next(d for d in data["series"]["datasets"] if d["key"] == "sent")
     assert sent["data"] == [6, 0, 3]
     assert re.search(r'class="btn small primary" id="by-hour"', body)
     asked = text(login("sales").get(f"/marketing/campaigns/{row.id}/stats?by=day"))
-    assert chart_data(asked, "stats-chart-data")["series"]["labels"] == ["03-01"]
+    assert chart_data(asked, "stats-chart-data")["series"]["labels"] == ["Mar 1"]
     assert re.search(r'class="btn small primary" id="by-day"', asked)
 
 
@@ -204,9 +204,16 @@ def test_account_page_daily_table_for_a_range(login, campaign, session, workspac
     assert 'data-col="delivered">90<' in march1
     assert 'data-col="invalid">6<' in march1
     assert "85.7%" in march1  # 90 / 105
+    assert "<td>Mar 1, 2024</td>" in march1  # the day in words, as every page writes dates
+    assert "Feb 28, 2024 – Mar 2, 2024" in body
     assert f'data-campaign="{campaign.id}"' in body
     chart = chart_data(body, "account-chart-data")
     assert chart["total"] == [0, 0, 105, 0]
+    assert chart["labels"] == ["Feb 28", "Feb 29", "Mar 1", "Mar 2"]
+    browser.post("/marketing/preferences", data={"locale": "zh_CN", "next": "/marketing/stats"})
+    chinese = text(browser.get("/marketing/stats?start=2024-02-28&end=2024-03-02"))
+    assert "<td>2024年3月1日</td>" in chinese
+    assert chart_data(chinese, "account-chart-data")["labels"] == ["2月28日", "2月29日", "3月1日", "3月2日"]
     nav = re.search(r'<nav class="subnav plugin-nav".*?</nav>', body, re.S).group(0)
     assert 'href="/marketing/stats"' in nav
     assert 'href="/marketing/suppressions"' in nav

@@ -53,7 +53,9 @@ def test_list_shows_reason_source_campaign_and_time(login, entries):
     assert sorted(listed(body)) == ["angry@example.com", "gone@example.com", "nobody@example.com"]
     row = re.search(r'data-email="gone@example.com".*?</tr>', body, re.S).group(0)
     assert "Unsubscribed" in row
-    assert ">link<" in row
+    assert 'data-source="link">Unsubscribe link in a mail<' in row
+    bounced = re.search(r'data-email="nobody@example.com".*?</tr>', body, re.S).group(0)
+    assert 'data-source="webhook">Provider event<' in bounced
     assert f'href="/marketing/campaigns/{entries.id}"' in row
     assert "春季展会" in row
     assert "Remove" not in body  # sales only read
@@ -86,6 +88,8 @@ def test_admin_adds_and_removes_by_hand(login, session, workspace, users, entrie
     assert row.source == f"admin:{users['admin'].id}"
     page = text(browser.get("/marketing/suppressions"))
     assert "buyer@example.com will not be mailed again." in page
+    added = re.search(r'data-email="buyer@example.com".*?</tr>', page, re.S).group(0)
+    assert f">Added on this page by user {users['admin'].id}<" in added
     assert re.search(r'data-confirm="Remove buyer@example.com from the suppression list', page)
     response = browser.post("/marketing/suppressions/remove", data={"email": "buyer@example.com"})
     assert response.status_code == 302
@@ -136,9 +140,10 @@ def test_import_csv_with_header_and_duplicates(login, session, workspace, users,
     assert rows["a@example.com"].source == f"import:{users['admin'].id}"
     assert rows["b@example.com"].reason == "manual"
     assert rows["gone@example.com"].reason == "unsubscribed"  # the first reason stays
-    assert "2 addresses added to the suppression list (1 were already on it)." in text(
-        browser.get("/marketing/suppressions")
-    )
+    listing = text(browser.get("/marketing/suppressions"))
+    assert "2 addresses added to the suppression list (1 were already on it)." in listing
+    imported = re.search(r'data-email="a@example.com".*?</tr>', listing, re.S).group(0)
+    assert f">File import by user {users['admin'].id}<" in imported
 
 
 def test_import_is_all_or_nothing_with_every_bad_line(login, session, workspace, entries):

@@ -11,13 +11,12 @@ import datetime as dt
 from collections.abc import Iterator
 from typing import Any
 
-from babel.dates import format_date, format_datetime
 from babel.numbers import format_percent
 from flask import Blueprint, Response, abort, render_template, request, stream_with_context, url_for
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 from sqlalchemy import func, select
 
-from .. import stats
+from .. import i18n, stats
 from ..access import current_workspace
 from ..campaigns import lifecycle
 from ..config import Settings
@@ -132,8 +131,8 @@ def campaign_page(campaign_id: int):
 
 
 def _period_label(start: dt.datetime, by: str, tz: dt.tzinfo) -> str:
-    pattern = "MM-dd" if by == "day" else "MM-dd HH:mm"
-    return format_datetime(start, pattern, tzinfo=tz, locale=current_locale())
+    local = start.astimezone(tz)
+    return i18n.chart_day(local) if by == "day" else i18n.chart_hour(local)
 
 
 # -- account -------------------------------------------------------------------------------------
@@ -178,7 +177,7 @@ def account():
     campaigns = _recent_campaigns(ws)
     chronological = list(reversed(days))
     chart = {
-        "labels": [format_date(d.day, "MM-dd", locale=current_locale()) for d in chronological],
+        "labels": [i18n.chart_day(d.day) for d in chronological],
         "total": [d.total for d in chronological],
         "delivered": [d.delivered for d in chronological],
         "failed": [d.failed + d.invalid for d in chronological],

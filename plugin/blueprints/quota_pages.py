@@ -19,7 +19,7 @@ from ..config import Settings
 from ..errors import InvalidInput, NotFound
 from ..extension import get_state
 from ..forecast import forecast
-from ..i18n import _, format_datetime
+from ..i18n import _, chart_day, format_datetime
 from ..models import ProviderAccount, utcnow
 from ..schemas.common import MAX_ID
 from ..schemas.quota import CapForm, CapListArgs, ForecastArgs, ShareForm
@@ -103,7 +103,7 @@ def index(*, share_errors=None, share_form=None, cap_errors=None, cap_form=None,
     points = [by_day.get(day) for day in days]
     history = [p for p in points if p is not None]  # the window's days that have a sync
     chart = {
-        "labels": [day.isoformat() for day in days],
+        "labels": [chart_day(day) for day in days],
         "used": [p.used_today if p else None for p in points],
         "quota": [p.daily_quota if p else None for p in points],
         "balance": [None if p is None or p.balance is None else float(p.balance) for p in points],

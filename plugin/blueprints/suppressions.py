@@ -112,6 +112,7 @@ def _render(
         total_all=sum(counts.values()),
         reasons=suppression.REASONS,
         reason_labels=service.reason_labels(),
+        source_label=service.source_label,
         sort_url=sort_url,
         page_url=lambda n: list_url(page=n),
         reason_url=lambda r: list_url(reason=r, page=1),

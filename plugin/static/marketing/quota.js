@@ -5,6 +5,8 @@
   const canvas = document.getElementById("quota-history-chart");
   if (data && canvas && window.Chart) {
     const d = JSON.parse(data.textContent);
+    // A step line needs two syncs to draw; until then each value shows as a dot.
+    const synced = d.quota.filter(function (v) { return v !== null; }).length;
     new window.Chart(canvas, {
       data: {
         labels: d.labels,
@@ -12,7 +14,7 @@
           { type: "bar", label: d.names.used, data: d.used, backgroundColor: "#2f6fed", yAxisID: "mails",
             maxBarThickness: 24 },
           { type: "line", label: d.names.quota, data: d.quota, borderColor: "#a15c07", stepped: true,
-            pointRadius: 0, spanGaps: true, yAxisID: "mails" },
+            pointRadius: synced < 2 ? 4 : 0, backgroundColor: "#a15c07", spanGaps: true, yAxisID: "mails" },
           { type: "line", label: d.names.balance, data: d.balance, borderColor: "#12805c", tension: 0.2,
             spanGaps: true, yAxisID: "money" }
         ]
