@@ -8,7 +8,9 @@ plugin installs one that honours the language a user picked in the plugin.
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from babel import Locale, UnknownLocaleError
@@ -115,6 +117,17 @@ def chart_hour(value: dt.datetime) -> str:
     """An hour on a chart's axis (``value`` already in the user's zone): "Dec 8 05:00",
     "12月8日 05:00"."""
     return f"{chart_day(value)} {format_time(value, 'HH:mm', locale=current_locale())}"
+
+
+def format_money(value: Any) -> str:
+    """An amount in yuan: two decimals, a third only when it is not zero, grouped as the user's
+    language groups digits ("¥12,345.678").  SendCloud prices mail in thousandths of a yuan, so
+    an amount is cut to those, never rounded up: a balance of 99.9995 is not "¥100.00", money
+    the account does not have."""
+    if value is None:
+        return "—"
+    amount = decimal.Decimal(str(value)).quantize(decimal.Decimal("0.001"), rounding=decimal.ROUND_DOWN)
+    return "¥" + format_decimal(amount, "#,##0.00#", locale=current_locale())
 
 
 def format_number(value: float | int | None) -> str:

@@ -21,7 +21,12 @@ def _bar(page: str) -> str:
 
 @pytest.mark.parametrize(
     ("balance", "shown"),
-    [(Decimal("99.999"), "¥99.999"), (Decimal("100"), "¥100.00"), (Decimal("12.5"), "¥12.50")],
+    [
+        (Decimal("99.999"), "¥99.999"),
+        (Decimal("100"), "¥100.00"),
+        (Decimal("12.5"), "¥12.50"),
+        (Decimal("12345.6789"), "¥12,345.678"),  # grouped, and cut to the thousandth, not rounded
+    ],
 )
 def test_balance_is_never_rounded_up(login, session, workspace, balance, shown):
     account = bind_account(session, workspace.id)

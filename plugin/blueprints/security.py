@@ -87,6 +87,7 @@ def install_template_globals(app: Flask) -> None:
     )
     env.filters["mkt_datetime"] = i18n.format_datetime
     env.filters["mkt_date"] = i18n.format_day
+    env.filters["mkt_money"] = i18n.format_money
     env.filters["mkt_number"] = i18n.format_number
     env.filters["mkt_label"] = i18n.label
     env.filters["mkt_account_type"] = account_type_label
