@@ -222,9 +222,12 @@ def _stale(snapshot: AccountSnapshot | None, settings: Settings, now: dt.datetim
 
 
 def _yuan(amount: Decimal) -> str:
-    """An amount in yuan as the messages show it; formatted outside ``_()`` because Babel's
+    """An amount in yuan as every page shows it (never rounded up: "the available ¥100.00 does
+    not cover ¥100.00" was 99.995 against 100); formatted outside ``_()`` because Babel's
     extractor warns about (and skips) f-strings inside a translation call."""
-    return f"¥{amount:.2f}"
+    from .i18n import format_money
+
+    return format_money(amount)
 
 
 def _messages(

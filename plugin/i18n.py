@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 from pathlib import Path
-from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from babel import Locale, UnknownLocaleError
@@ -91,43 +90,57 @@ def format_datetime(value: dt.datetime | None) -> str:
     moment looked different in the account bar and on the page below it."""
     if value is None:
         return ""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.UTC)
-    cache = g.setdefault("_marketing_tz", None) if has_request_context() else None
-    local = value.astimezone(cache or user_timezone())
+    local = _users_time(value)
     locale = current_locale()
     date = format_date(local, "medium", locale=locale)
     time = format_time(local, "short", locale=locale)
     return get_datetime_format("medium", locale=locale).replace("'", "").format(time, date)
 
 
+def _users_day(value: dt.date) -> dt.date:
+    """A calendar day as is; a moment (stored UTC, naive meaning UTC) as the user's day, so a
+    timestamp passed by mistake never shows the day of another zone."""
+    if not isinstance(value, dt.datetime):
+        return value
+    return _users_time(value).date()
+
+
+def _users_time(value: dt.datetime) -> dt.datetime:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    cache = g.setdefault("_marketing_tz", None) if has_request_context() else None
+    return value.astimezone(cache or user_timezone())
+
+
 def format_day(value: dt.date | None) -> str:
-    """A calendar day (already the user's) in the same words as :func:`format_datetime`'s date:
-    "Dec 8, 2026", "2026年12月8日"."""
-    return "" if value is None else format_date(value, "medium", locale=current_locale())
+    """A calendar day in the same words as :func:`format_datetime`'s date: "Dec 8, 2026",
+    "2026年12月8日"."""
+    return "" if value is None else format_date(_users_day(value), "medium", locale=current_locale())
 
 
 def chart_day(value: dt.date) -> str:
-    """A day on a chart's axis, short but in the user's language: "Dec 8", "12月8日" (the year
-    is in the page's range)."""
-    return format_skeleton("MMMd", value, locale=current_locale())
+    """A day on a chart's axis, short but in the user's language: "Dec 8", "12月8日" (the page
+    names the year: the account page's range, the campaign's dates)."""
+    return format_skeleton("MMMd", _users_day(value), locale=current_locale())
 
 
 def chart_hour(value: dt.datetime) -> str:
-    """An hour on a chart's axis (``value`` already in the user's zone): "Dec 8 05:00",
-    "12月8日 05:00"."""
-    return f"{chart_day(value)} {format_time(value, 'HH:mm', locale=current_locale())}"
+    """An hour on a chart's axis, in the user's zone: "Dec 8 05:00", "12月8日 05:00" (24-hour
+    on every axis: short, and the same width for every hour)."""
+    local = _users_time(value)
+    return f"{chart_day(local.date())} {format_time(local, 'HH:mm', locale=current_locale())}"
 
 
-def format_money(value: Any) -> str:
+def format_money(value: decimal.Decimal | float | int | None) -> str:
     """An amount in yuan: two decimals, a third only when it is not zero, grouped as the user's
-    language groups digits ("¥12,345.678").  SendCloud prices mail in thousandths of a yuan, so
-    an amount is cut to those, never rounded up: a balance of 99.9995 is not "¥100.00", money
-    the account does not have."""
+    language groups digits ("¥12,345.678", "-¥3.457").  SendCloud prices mail in thousandths
+    of a yuan, so an amount is cut to those towards less money, never rounded up: a balance of
+    99.9995 is not "¥100.00", money the account does not have, and a debt is not made smaller."""
     if value is None:
         return "—"
-    amount = decimal.Decimal(str(value)).quantize(decimal.Decimal("0.001"), rounding=decimal.ROUND_DOWN)
-    return "¥" + format_decimal(amount, "#,##0.00#", locale=current_locale())
+    amount = decimal.Decimal(str(value)).quantize(decimal.Decimal("0.001"), rounding=decimal.ROUND_FLOOR)
+    sign = "-" if amount < 0 else ""
+    return f"{sign}¥{format_decimal(abs(amount), '#,##0.00#', locale=current_locale())}"
 
 
 def format_number(value: float | int | None) -> str:

@@ -55,7 +55,7 @@ def source_label(source: str) -> str:
     ``admin:<user>``, ``import:<user>``) stays the value exports carry."""
     kind, _sep, who = (source or "").partition(":")
     if kind == "link":
-        return _("Unsubscribe link in a mail")
+        return _("Unsubscribed from a mail")
     if kind == "webhook":
         return _("Provider event")
     if kind == "admin":

@@ -115,6 +115,10 @@ def test_balance_must_cover_the_cost(session, workspace, account, settings):
     assert f.fits_today
     assert not f.balance_ok
     assert any("does not cover the estimated cost (¥0.70)" in m for m in f.messages)
+    # A thousandth short is shown as short, not rounded up to the very cost it cannot cover.
+    synced(session, workspace, account, available="0.699")
+    short = forecast(session, workspace.id, account, 1000, settings)
+    assert any("(¥0.699) does not cover the estimated cost (¥0.70)" in m for m in short.messages)
 
 
 def test_yesterdays_snapshot_gives_a_full_day_and_is_stale(session, workspace, account, settings):

@@ -53,7 +53,7 @@ def test_list_shows_reason_source_campaign_and_time(login, entries):
     assert sorted(listed(body)) == ["angry@example.com", "gone@example.com", "nobody@example.com"]
     row = re.search(r'data-email="gone@example.com".*?</tr>', body, re.S).group(0)
     assert "Unsubscribed" in row
-    assert 'data-source="link">Unsubscribe link in a mail<' in row
+    assert 'data-source="link">Unsubscribed from a mail<' in row
     bounced = re.search(r'data-email="nobody@example.com".*?</tr>', body, re.S).group(0)
     assert 'data-source="webhook">Provider event<' in bounced
     assert f'href="/marketing/campaigns/{entries.id}"' in row

@@ -99,3 +99,42 @@ def test_times_read_the_same_everywhere_in_the_users_zone_and_language(app):
         with force_locale("zh_Hans_CN"):
             assert format_datetime(moment) == "2026年12月8日 04:44"
         assert format_datetime(None) == ""
+
+
+def test_times_follow_the_zone_the_user_picked(app):
+    """A zone picked in the plugin (stored in the session) moves every time and day with it."""
+    import datetime as dt
+
+    from flask import session
+    from flask_babel import force_locale
+
+    from plugin.i18n import SESSION_TZ_KEY, chart_day, chart_hour, format_datetime, format_day
+
+    moment = dt.datetime(2026, 12, 7, 20, 44, 26, tzinfo=dt.UTC)
+    with app.test_request_context(), force_locale("en"):
+        assert format_day(moment) == "Dec 8, 2026"  # Shanghai's day, not UTC's
+        assert chart_hour(moment) == "Dec 8 04:44"
+        session[SESSION_TZ_KEY] = "America/New_York"
+        assert format_datetime(moment) == "Dec 7, 2026, 3:44\u202fPM"
+        assert format_day(moment) == "Dec 7, 2026"
+        assert chart_day(moment) == "Dec 7"
+        assert format_day(dt.date(2026, 12, 8)) == "Dec 8, 2026"  # a day stays the day it is
+
+
+def test_money_is_never_shown_as_more_than_it_is(app):
+    from decimal import Decimal
+
+    from flask_babel import force_locale
+
+    from plugin.i18n import format_money
+
+    with app.test_request_context():
+        with force_locale("en"):
+            assert format_money(Decimal("12345.6789")) == "¥12,345.678"
+            assert format_money(99.9995) == "¥99.999"
+            assert format_money(100) == "¥100.00"
+            assert format_money(Decimal("-3.4561")) == "-¥3.457"  # a debt is not made smaller
+            assert format_money(Decimal("0.0004")) == "¥0.00"
+            assert format_money(None) == "—"
+        with force_locale("zh_Hans_CN"):
+            assert format_money(Decimal("1234.5")) == "¥1,234.50"

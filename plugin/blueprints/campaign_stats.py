@@ -15,6 +15,7 @@ from babel.numbers import format_percent
 from flask import Blueprint, Response, abort, render_template, request, stream_with_context, url_for
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from .. import i18n, stats
 from ..access import current_workspace
@@ -85,11 +86,7 @@ def campaign_page(campaign_id: int):
     except NotFound:
         abort(404)
     campaign = state.session.get(Campaign, campaign_id)
-    by = args["by"] or "day"
-    series = stats.time_series(state.session, ws, campaign_id, by=by, tz=tz)
-    if args["by"] is None and len(series.periods) < 2:
-        by = "hour"
-        series = stats.time_series(state.session, ws, campaign_id, by=by, tz=tz)
+    by, series = _timeline(state.session, ws, campaign_id, args["by"], tz)
     tables = {
         "template": stats.breakdown(state.session, ws, campaign_id, "template"),
         "sender": stats.breakdown(state.session, ws, campaign_id, "sender"),
@@ -128,6 +125,19 @@ def campaign_page(campaign_id: int):
         has_data=any(summary.totals.values()),
         drill=lambda f: url_for("marketing_stats.recipients", campaign_id=campaign_id, filter=f),
     )
+
+
+def _timeline(
+    session: Session, workspace_id: int, campaign_id: int, asked: str | None, tz: dt.tzinfo
+) -> tuple[str, stats.Series]:
+    """The period and series the page opens on (see ``CampaignArgs``): days unless the user asked
+    otherwise or the days are a single one, when its hours tell more."""
+    by = asked or "day"
+    series = stats.time_series(session, workspace_id, campaign_id, by=by, tz=tz)
+    if asked is None and len(series.periods) == 1:
+        by = "hour"
+        series = stats.time_series(session, workspace_id, campaign_id, by=by, tz=tz)
+    return by, series
 
 
 def _period_label(start: dt.datetime, by: str, tz: dt.tzinfo) -> str:

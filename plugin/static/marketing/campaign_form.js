@@ -7,6 +7,8 @@
   if (!form) return;
   const text = JSON.parse(document.getElementById("campaign-form-text").textContent);
   const numbers = new Intl.NumberFormat(document.documentElement.lang || undefined);
+  const money = new Intl.NumberFormat(document.documentElement.lang || undefined,
+    { minimumFractionDigits: 2, maximumFractionDigits: 2 });
   const counts = document.getElementById("audience-counts");
   const problem = document.getElementById("audience-problem");
   const forecast = document.getElementById("forecast");
@@ -63,7 +65,7 @@
     const cell = function (key) { return forecast.querySelector('[data-forecast="' + key + '"]'); };
     cell("recipients").textContent = numbers.format(data.recipients);
     cell("estimated_cost").textContent = data.channel === "smtp" ? text.noCost
-      : text.currency + Number(data.estimated_cost || 0).toFixed(2);
+      : text.currency + money.format(Number(Number(data.estimated_cost || 0).toFixed(2)));
     cell("remaining_today").textContent = data.remaining_today === null ? text.unknown : numbers.format(data.remaining_today);
     cell("days_needed").textContent = data.days_needed === null ? text.unknown
       : (data.days_needed <= 1 ? text.oneDay : text.days.replace("%(n)s", data.days_needed));
