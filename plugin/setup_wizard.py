@@ -505,18 +505,10 @@ class SetupWizard:
         account = self.account()
         if account is None:
             raise InvalidTransition(_("Enter and verify the API_USER and API_KEY first."))
-        app_key = (app_key or "").strip()
+        app_key = _valid_app_key(account, app_key)
         if app_key:
-            if len(app_key) > 200 or any(ch.isspace() for ch in app_key):
-                raise InvalidInput(
-                    _("The APP KEY has no spaces and at most 200 characters."), field="app_key"
-                )
             account.webhook_app_key_encrypted = self.secrets.encrypt(app_key)
             webhooks.forget_health(account)  # what was seen under the old key says nothing of this one
-        elif not account.webhook_app_key_encrypted:
-            raise InvalidInput(
-                _("Paste the webhook APP KEY shown on SendCloud's WebHook settings page."), field="app_key"
-            )
         url = self.webhook_url()
         client = self._client()
         try:
@@ -531,8 +523,17 @@ class SetupWizard:
         return url
 
     def finish_api_users(self, app_key: str | None) -> None:
-        """Step 4 in one go: API_USERs, then the webhook; the wizard moves on to senders."""
+        """Step 4 in one go: API_USERs, then the webhook; the wizard moves on to senders.
+
+        The APP KEY is checked before anything is created at SendCloud, and new API_USERs are
+        committed as soon as they exist: SendCloud shows a new user's key only once, so a form
+        error or a failed webhook call rolled back keys it had already handed over, and every
+        retry created two more users (an account holds ten)."""
+        account = self.account()
+        if account is not None:
+            _valid_app_key(account, app_key)
         self.setup_api_users()
+        self.session.commit()
         self.register_webhook(app_key)
         self._advance("senders")
         self.session.flush()
@@ -851,6 +852,19 @@ def _close(thing: Any) -> None:
     close = getattr(thing, "close", None)
     if callable(close):
         close()
+
+
+def _valid_app_key(account: ProviderAccount, app_key: str | None) -> str:
+    """The webhook APP KEY as typed (stripped), ``""`` to keep the stored one; InvalidInput
+    beside the field when it cannot be a key or none is stored yet."""
+    app_key = (app_key or "").strip()
+    if app_key and (len(app_key) > 200 or any(ch.isspace() for ch in app_key)):
+        raise InvalidInput(_("The APP KEY has no spaces and at most 200 characters."), field="app_key")
+    if not app_key and not account.webhook_app_key_encrypted:
+        raise InvalidInput(
+            _("Paste the webhook APP KEY shown on SendCloud's WebHook settings page."), field="app_key"
+        )
+    return app_key
 
 
 def _call(action: Callable[[], Any], *, auth_field: str | None = None) -> Any:

@@ -277,11 +277,36 @@ def test_steps_three_and_four_twice_create_nothing_new(session, workspace, simul
     assert wizard.webhook_url() in account.webhook_url
 
 
-def test_webhook_app_key_is_required(session, workspace, dns_server):
+def test_webhook_app_key_is_required(session, workspace, simulator, dns_server):
+    """Refused before anything is created at SendCloud: a form error used to leave two API_USERs
+    behind whose keys were rolled back, and the retry created two more."""
     wizard = through_dns(session, workspace.id, dns_server)
-    with pytest.raises(InvalidInput) as caught:
-        wizard.finish_api_users("")
-    assert caught.value.field == "app_key"
+    for bad in ("", "has spaces in it"):
+        with pytest.raises(InvalidInput) as caught:
+            wizard.finish_api_users(bad)
+        assert caught.value.field == "app_key"
+        session.rollback()
+    assert count(simulator, "apiuser/add") == 0
+    wizard.finish_api_users("app-key-from-console-123")
+    session.commit()
+    assert wizard.account().batch_api_user.endswith("_batch")  # no numbered sibling
+
+
+def test_api_users_are_kept_when_the_webhook_call_fails(session, workspace, simulator, dns_server):
+    """SendCloud shows a new API_USER's key once: a failing webhook call must not roll it back."""
+    wizard = through_dns(session, workspace.id, dns_server)
+    simulator.simulator.faults.fail_endpoints = "webhook/list"
+    with pytest.raises(InvalidInput):
+        wizard.finish_api_users("app-key-from-console-123")
+    session.rollback()
+    account = make_wizard(session, workspace.id).account()
+    assert account.batch_api_user.endswith("_batch")
+    assert account.batch_api_key_encrypted
+    simulator.simulator.faults.fail_endpoints = ""
+    wizard = make_wizard(session, workspace.id)
+    wizard.finish_api_users("app-key-from-console-123")
+    session.commit()
+    assert count(simulator, "apiuser/add") == 2  # the first two, reused
 
 
 def test_api_user_name_taken_elsewhere_gets_a_sibling(session, workspace, simulator, dns_server):

@@ -231,6 +231,9 @@ class Faults:
     quota_exhausted: bool = False
     #: Non-template sends answer 40908 (content does not match an approved template).
     template_mismatch: bool = False
+    #: These endpoints (comma-separated, e.g. ``"webhook/list,webhook/add"``) answer HTTP 500,
+    #: every time: one step of a flow failing while the steps before it succeed.
+    fail_endpoints: str = ""
 
     def update(self, values: Mapping[str, Any]) -> None:
         fields = {f.name: f.type for f in dataclasses.fields(self)}
@@ -238,7 +241,10 @@ class Faults:
             if key not in fields:
                 raise ValueError(f"unknown fault {key!r}; known: {', '.join(fields)}")
             current = getattr(self, key)
-            if isinstance(current, bool):
+            if isinstance(current, str):
+                if not isinstance(value, str):
+                    raise ValueError(f"{key} must be text")
+            elif isinstance(current, bool):
                 if not isinstance(value, bool):
                     raise ValueError(f"{key} must be true or false")
             elif isinstance(current, int):
@@ -1089,8 +1095,10 @@ class SendCloudSimulator:
                 )
 
         with self._lock:
-            fail = faults.fail_next > 0 or (
-                faults.error_rate > 0 and self._random.random() < faults.error_rate
+            fail = (
+                faults.fail_next > 0
+                or (faults.error_rate > 0 and self._random.random() < faults.error_rate)
+                or (bool(faults.fail_endpoints) and endpoint in faults.fail_endpoints.split(","))
             )
             if faults.fail_next > 0:
                 faults.fail_next -= 1
