@@ -31,7 +31,7 @@ from sqlalchemy import or_, select
 
 from . import leases, replies
 from .campaigns import lifecycle
-from .errors import InvalidTransition
+from .errors import InvalidInput, InvalidTransition
 from .models import Campaign, utcnow
 from .tasks import Executor, get_executor, shutdown_executor, worker_identity
 
@@ -124,6 +124,10 @@ def start_campaign(
         except InvalidTransition:
             session.rollback()
             return False
+        except InvalidInput as exc:  # it cannot start as it stands (its audience was deleted)
+            session.rollback()
+            _back_to_draft(session, campaign_id, str(exc))
+            return False
         except Exception:
             session.rollback()
             log.exception("campaign %s could not be started", campaign_id)
@@ -133,6 +137,20 @@ def start_campaign(
     if status == lifecycle.RUNNING:
         executor.submit(campaign_id)
     return True
+
+
+def _back_to_draft(session: Any, campaign_id: int, why: str) -> None:
+    """A due campaign that cannot start goes back to draft with the reason on its page, instead
+    of failing again on every tick while the list keeps calling it scheduled."""
+    campaign = session.get(Campaign, campaign_id)
+    try:
+        lifecycle.transition(session, campaign, lifecycle.DRAFT)
+    except InvalidTransition:  # a user moved it meanwhile: theirs is the last word
+        session.rollback()
+        return
+    campaign.last_error = why[:1000]
+    session.commit()
+    log.warning("campaign %s went back to draft: %s", campaign_id, why)
 
 
 def _sync_accounts(state: Any, ctx: Any, now: dt.datetime, report: TickReport) -> None:

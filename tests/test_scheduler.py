@@ -244,6 +244,43 @@ def test_one_campaign_is_never_run_twice_in_one_process(app, session, world, exe
     assert sorted(world.recipients_seen(sim)) == sorted(world.emails)
 
 
+def test_a_campaign_whose_tag_was_deleted_goes_back_to_draft_saying_why(
+    app, session, world, executor, sim, login
+):
+    """The host's CRM deletes tags without asking the plugin: the due campaign cannot freeze its
+    audience.  It used to fail on every tick while the list called it scheduled, and its page
+    answered 500; now it goes back to draft with the reason, and its page says what to fix."""
+    from markupsafe import escape
+
+    from plugin.campaigns.runner import audience_gone_message
+    from plugin.models import ContactTag, Tag
+
+    campaign = add_campaign(session, world, send_at=utcnow() + dt.timedelta(hours=1))
+    assert campaign.status == lifecycle.SCHEDULED
+    session.execute(ContactTag.__table__.delete().where(ContactTag.tag_id == world.tag_id))
+    session.execute(Tag.__table__.delete().where(Tag.id == world.tag_id))
+    session.commit()
+    browser = login("marketer")
+    page = browser.get(f"/marketing/campaigns/{campaign.id}")
+    assert page.status_code == 200
+    body = page.get_data(as_text=True)
+    assert "Some of the chosen tags or views no longer exist; pick again." in body
+    assert "data-deleted>(deleted)</span>" in body
+    assert not start_campaign(app, campaign.id, executor=executor)
+    session.expire_all()
+    row = session.get(Campaign, campaign.id)
+    assert row.status == lifecycle.DRAFT
+    assert row.frozen_at is None
+    with app.app_context():  # said in the workspace's language: no user asked
+        assert row.last_error == audience_gone_message()
+    shown = browser.get(f"/marketing/campaigns/{campaign.id}").get_data(as_text=True)
+    assert str(escape(row.last_error)) in shown
+    assert world.recipients_seen(sim) == []
+    lifecycle.transition(session, row, lifecycle.SCHEDULED)  # scheduled again once fixed
+    session.commit()
+    assert session.get(Campaign, campaign.id).last_error is None
+
+
 def test_quota_paused_campaign_resumes_after_the_provider_day_rolls_over(
     app, session, workspace, sim, executor
 ):

@@ -436,14 +436,19 @@ def show(campaign_id: int):
             timed=campaign.status == lifecycle.DRAFT,
         )
     elif campaign.frozen_at is None and campaign.status in (lifecycle.SCHEDULED, lifecycle.AWAITING_APPROVAL):
-        counts = campaigns.count(s, ws, campaigns.spec_of(campaign), directory=state.directory)
-        account = campaigns._account(s, ws, campaign.account_id)
-        verdict = campaigns.Check(
-            errors={},
-            warnings=[],
-            counts=counts,
-            forecast=campaigns.forecast_for(s, ws, account, counts.final, state.settings),
-        )
+        spec = campaigns.spec_of(campaign)
+        problems = campaigns.segment_problems(s, ws, spec, state.directory)
+        if problems:  # a tag or view was deleted after scheduling: say so, the page still opens
+            verdict = campaigns.Check(errors=problems, warnings=[], counts=None, forecast=None)
+        else:
+            counts = campaigns.count(s, ws, spec, directory=state.directory)
+            account = campaigns._account(s, ws, campaign.account_id)
+            verdict = campaigns.Check(
+                errors={},
+                warnings=[],
+                counts=counts,
+                forecast=campaigns.forecast_for(s, ws, account, counts.final, state.settings),
+            )
     names = {
         "templates": s.scalars(
             select(Template.name).where(

@@ -133,6 +133,8 @@ def transition(
         values["completed_at"] = now
     if target == FAILED:
         values["last_error"] = detail
+    elif target == SCHEDULED:  # scheduled again after a fix: an old reason would mislead
+        values["last_error"] = None
     if target == CANCELLED:
         values["cancelled_at"] = now
     moved = session.execute(

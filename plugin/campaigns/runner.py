@@ -47,6 +47,7 @@ from ..errors import (
     InvalidInput,
     InvalidTransition,
     MarketingError,
+    NotFound,
     ProviderError,
     ProviderQuotaExceeded,
     Throttled,
@@ -255,6 +256,11 @@ def _complete_if_finished(session: Session, campaign_id: int, now: dt.datetime) 
 # --------------------------------------------------------------------------- start
 
 
+def audience_gone_message() -> str:
+    """Why a scheduled campaign could not start (translated when said, not at import)."""
+    return _("A tag or saved view of this campaign's audience no longer exists; choose the audience again.")
+
+
 def start(session: Session, campaign_id: int, ctx: RunContext) -> None:
     """Start a campaign now: sync the account, freeze the audience, status ``running``. Commits.
 
@@ -281,7 +287,11 @@ def start(session: Session, campaign_id: int, ctx: RunContext) -> None:
     ctx.step("start:before_freeze")
     frozen_now = campaign.frozen_at is None
     if frozen_now:
-        audience.freeze(session, ctx.directory, campaign, settings=ctx.settings)
+        try:
+            audience.freeze(session, ctx.directory, campaign, settings=ctx.settings)
+        except NotFound as exc:  # a tag or view was deleted since the campaign was scheduled
+            session.rollback()
+            raise InvalidInput(audience_gone_message(), field="include") from exc
     lifecycle.transition(session, campaign, lifecycle.RUNNING, now=now)
     added = (campaign.total or 0) + (campaign.skipped or 0)
     session.commit()

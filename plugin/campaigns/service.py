@@ -368,9 +368,11 @@ def audience_spec(spec: CampaignSpec) -> Any:
     )
 
 
-def _segment_problems(
+def segment_problems(
     session: Session, workspace_id: int, spec: CampaignSpec, directory: ContactDirectory
 ) -> dict[str, str]:
+    """Tags and views of the audience that were deleted since it was chosen (the host's CRM
+    deletes tags without asking the plugin), said beside the include or exclude choice."""
     tags = {t.id for t in directory.tags(session, workspace_id)}
     views = {v.id for v in directory.views(session, workspace_id)}
     errors: dict[str, str] = {}
@@ -392,7 +394,7 @@ def _check_audience(
     if not spec.include_tags and not spec.include_views:
         errors["include"] = _("Choose at least one tag or view to send to.")
         return None
-    problems = _segment_problems(session, workspace_id, spec, directory)
+    problems = segment_problems(session, workspace_id, spec, directory)
     if problems:
         errors.update(problems)
         return None
