@@ -106,3 +106,52 @@ def test_sqlite_timestamps_in_other_spellings_are_rewritten_and_counter_cells_me
         None,
     ]
     assert day == 12
+
+
+def test_sqlite_ids_of_deleted_tags_and_templates_are_never_given_again(app_config, tmp_path):
+    """0009: SQLite used to hand a deleted last row's id to the next one (a new tag took over a
+    scheduled campaign's deleted tag).  The rebuild keeps every row and tagging, with the
+    foreign keys on as the app runs them (a parent's DROP must not cascade to its children)."""
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'm.db'}")
+    sa.event.listen(engine, "connect", lambda dbapi, _rec: dbapi.execute("PRAGMA foreign_keys=ON"))
+    migrate.upgrade(engine, "0008")
+    now = "'2024-03-01 00:00:00.000000'"
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                'INSERT INTO marketing_workspaces (id, "key", name, timezone, created_at) '
+                f"VALUES (1, 'w', 'W', 'Asia/Shanghai', {now})"
+            )
+        )
+        for tag_id, name in ((1, "old"), (2, "vip")):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO marketing_tags (id, name, color, workspace_id, created_at) "
+                    f"VALUES ({tag_id}, '{name}', 'blue', 1, {now})"
+                )
+            )
+        conn.execute(
+            sa.text(
+                "INSERT INTO marketing_contacts (id, email, email_domain, email_local, custom, "
+                "created_at, updated_at, workspace_id) "
+                f"VALUES (7, 'a@example.com', 'example.com', 'a', '{{}}', {now}, {now}, 1)"
+            )
+        )
+        conn.execute(sa.text("INSERT INTO marketing_contact_tags (contact_id, tag_id) VALUES (7, 2)"))
+    migrate.upgrade(engine)
+    with engine.begin() as conn:
+        taggings = conn.execute(sa.text("SELECT contact_id, tag_id FROM marketing_contact_tags")).all()
+        assert taggings == [(7, 2)]
+        for table in ("marketing_tags", "marketing_views", "marketing_templates", "marketing_senders"):
+            sql = conn.execute(sa.text(f"SELECT sql FROM sqlite_master WHERE name = '{table}'")).scalar()
+            assert "AUTOINCREMENT" in sql, table
+        assert conn.execute(sa.text("PRAGMA foreign_keys")).scalar() == 1  # back on for the app
+        conn.execute(sa.text("DELETE FROM marketing_tags WHERE id = 2"))
+        assert conn.execute(sa.text("SELECT count(*) FROM marketing_contact_tags")).scalar() == 0  # cascaded
+        conn.execute(
+            sa.text(
+                "INSERT INTO marketing_tags (name, color, workspace_id, created_at) "
+                f"VALUES ('new', 'blue', 1, {now})"
+            )
+        )
+        assert conn.execute(sa.text("SELECT id FROM marketing_tags WHERE name = 'new'")).scalar() == 3

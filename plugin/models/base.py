@@ -25,6 +25,13 @@ NAMING_CONVENTION = {
 BigId = BigInteger().with_variant(Integer, "sqlite")
 
 
+#: ``__table_args__`` entry of tables whose ids outlive their rows (campaign audiences, statistics
+#: and history name them): SQLite otherwise hands a deleted last row's id to the next insert,
+#: and a new tag took over a scheduled campaign's deleted one, a new template a finished
+#: campaign's statistics.  PostgreSQL's sequences never reuse an id.
+NEVER_REUSED_IDS = {"sqlite_autoincrement": True}
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 

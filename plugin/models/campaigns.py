@@ -8,11 +8,12 @@ from typing import Any
 from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from .base import Base, BigId, Timestamped, UTCDateTime, WorkspaceScoped, utcnow
+from .base import NEVER_REUSED_IDS, Base, BigId, Timestamped, UTCDateTime, WorkspaceScoped, utcnow
 
 
 class Template(WorkspaceScoped, Timestamped, Base):
     __tablename__ = "marketing_templates"
+    __table_args__ = (NEVER_REUSED_IDS,)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200))

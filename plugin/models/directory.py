@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from .base import Base, BigId, Timestamped, UTCDateTime, WorkspaceScoped, utcnow
+from .base import NEVER_REUSED_IDS, Base, BigId, Timestamped, UTCDateTime, WorkspaceScoped, utcnow
 
 
 class Contact(WorkspaceScoped, Base):
@@ -39,7 +39,7 @@ class Contact(WorkspaceScoped, Base):
 
 class Tag(WorkspaceScoped, Timestamped, Base):
     __tablename__ = "marketing_tags"
-    __table_args__ = (UniqueConstraint("workspace_id", "name"),)
+    __table_args__ = (UniqueConstraint("workspace_id", "name"), NEVER_REUSED_IDS)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(100))
@@ -62,7 +62,7 @@ class SavedView(WorkspaceScoped, Timestamped, Base):
     """A named filter over contacts; ``rules`` is the JSON tree that ``filters.py`` compiles."""
 
     __tablename__ = "marketing_views"
-    __table_args__ = (UniqueConstraint("workspace_id", "name"),)
+    __table_args__ = (UniqueConstraint("workspace_id", "name"), NEVER_REUSED_IDS)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(100))

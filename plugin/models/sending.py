@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import JSON, ForeignKey, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from .base import Base, Timestamped, UTCDateTime, WorkspaceScoped
+from .base import NEVER_REUSED_IDS, Base, Timestamped, UTCDateTime, WorkspaceScoped
 
 
 class ProviderAccount(WorkspaceScoped, Timestamped, Base):
@@ -77,7 +77,7 @@ class SendingDomain(WorkspaceScoped, Timestamped, Base):
 
 class Sender(WorkspaceScoped, Timestamped, Base):
     __tablename__ = "marketing_senders"
-    __table_args__ = (UniqueConstraint("workspace_id", "from_address"),)
+    __table_args__ = (UniqueConstraint("workspace_id", "from_address"), NEVER_REUSED_IDS)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     domain_id: Mapped[int | None] = mapped_column(
