@@ -245,6 +245,11 @@ def test_test_send_and_review_through_the_simulator(login, session, workspace, a
         "[Test] Hi there",
         TRIGGER_USER,
     )
+    # Counted as mail outside campaigns: its delivery (counted there) never outnumbers it.
+    from plugin import counters
+
+    assert counters.totals(session, 0)["submitted"] == 1
+    assert counters.totals(session, 0)["sent"] == 1
     too_many = browser.post(
         f"/marketing/templates/{template.id}/test",
         data={"addresses": ",".join(f"u{i}@x.com" for i in range(6))},

@@ -498,6 +498,7 @@ def send_test(template_id: int):
             test_errors={"form": _("The test was not sent: %(error)s", error=str(exc))},
             status=502,
         )
+    state.session.commit()  # the test mails' counts (mail outside campaigns)
     accepted = [r.recipient for r in results if r.status == "accepted"]
     refused = [f"{r.recipient} ({r.error or r.status})" for r in results if r.status != "accepted"]
     if accepted:

@@ -30,7 +30,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from .. import contacts as contacts_service
-from .. import importing, netguard, tracking
+from .. import counters, importing, netguard, tracking
 from ..addresses import normalize_email
 from ..config import Settings
 from ..crypto import SecretBox
@@ -682,7 +682,8 @@ def send_test(
     contact_id: int | None = None,
     now: dt.datetime | None = None,
 ) -> list[SendResult]:
-    """Send the template to up to five addresses, personalized as one contact (or with fallbacks).
+    """Send the template to up to five addresses, personalized as one contact (or with fallbacks);
+    counted as mail outside campaigns (the caller commits).
 
     SendCloud accounts send through their trigger API_USER (tests are not marketing mail and must
     not count as a campaign); SMTP accounts through their own server.  The subject is marked
@@ -721,9 +722,15 @@ def send_test(
     )
     provider = provider_factory(account, "trigger" if account.kind == "sendcloud" else "batch")
     try:
-        return provider.send_batch(batch)
+        results = provider.send_batch(batch)
     finally:
         provider.close()
+    # Counted as mail outside campaigns, as trigger mail is: their deliveries already count
+    # there, and without the send side the account's day showed more delivered than sent.
+    for result in results:
+        accepted = result.status == "accepted"
+        counters.count_outside_campaigns(session, workspace_id, result.recipient, accepted=accepted)
+    return results
 
 
 # --------------------------------------------------------------------------- SendCloud review
