@@ -217,6 +217,21 @@ def test_schema_errors_come_back_beside_their_fields_and_store_nothing(login, se
     assert campaigns(session, workspace.id) == []
 
 
+def test_field_errors_speak_the_users_language(login, session, workspace, setup):
+    """Marshmallow's own messages ("Not a valid email address.") are English whatever the page."""
+    browser = login("marketer")
+    bad = form(setup, reply_to="not-an-address", send_rate="0")
+    page = text(browser.post("/marketing/campaigns/new", data=bad))
+    assert "Enter a reply-to address such as service@example.com." in page
+    assert "Enter 0.01 to 10,000 mails per second, or leave it empty." in page
+    browser.post("/marketing/preferences", data={"locale": "zh_CN", "next": "/marketing/"})
+    chinese = text(browser.post("/marketing/campaigns/new", data=bad))
+    assert "Not a valid email address" not in chinese
+    assert "Must be greater than or equal" not in chinese
+    assert "请输入回信地址" in chinese
+    assert "每秒 0.01 到 10,000 封" in chinese
+
+
 def test_an_empty_form_sent_says_every_problem_at_once(login, session, workspace, setup):
     """No name and no audience: both are said on the first submit, beside their fields."""
     response = login("marketer").post(

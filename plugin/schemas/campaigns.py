@@ -14,7 +14,7 @@ from typing import Any
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
 from ..i18n import _l
-from .common import MAX_ID, StrictSchema
+from .common import MAX_ID, Message, StrictSchema
 
 #: Keys that repeat in the HTML form (multi-selects and check lists).
 LIST_FIELDS = (
@@ -105,7 +105,12 @@ class CampaignIn(AudienceIn):
     )
     sender_ids = _ids(MAX_ROTATION)
     from_name = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=200))
-    reply_to = fields.Email(load_default=None, allow_none=True, validate=validate.Length(max=320))
+    reply_to = fields.Email(
+        load_default=None,
+        allow_none=True,
+        validate=validate.Length(max=320),
+        error_messages={"invalid": Message(_l("Enter a reply-to address such as service@example.com."))},
+    )
     tracking = fields.Boolean(load_default=True)
     label = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=100))
     account_id = fields.Integer(
@@ -118,7 +123,13 @@ class CampaignIn(AudienceIn):
     send_at = fields.NaiveDateTime(load_default=None, allow_none=True, format="iso")
     #: Mails per second; empty means the deployment's default.
     send_rate = fields.Float(
-        load_default=None, allow_none=True, allow_nan=False, validate=validate.Range(min=0.01, max=10_000)
+        load_default=None,
+        allow_none=True,
+        allow_nan=False,
+        validate=validate.Range(
+            min=0.01, max=10_000, error=_l("Enter 0.01 to 10,000 mails per second, or leave it empty.")
+        ),
+        error_messages={"invalid": Message(_l("Enter 0.01 to 10,000 mails per second, or leave it empty."))},
     )
     spread_over_days = fields.Boolean(load_default=True)
     #: Which button was pressed: save as a draft, or submit (schedule / start / ask approval).

@@ -7,11 +7,23 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, pre_load, validate
 
+from ..i18n import _
+
 #: Largest id of a table with a 32-bit key on PostgreSQL (tags, views).  Bigger ids in a path
 #: or a filter cannot exist, and binding them would fail in the database instead of saying 404.
 MAX_ID = 2**31 - 1
 #: Largest id of a 64-bit key (contacts, API tokens).
 MAX_BIG_ID = 2**63 - 1
+
+
+class Message(str):
+    """A field error message that marshmallow keeps as a plain ``str`` (it refuses lazy strings for
+    ``error_messages``) and that is translated when the error is raised, in the user's language."""
+
+    __slots__ = ()
+
+    def format(self, *args: Any, **kwargs: Any) -> str:
+        return _(str(self)).format(*args, **kwargs)
 
 
 def text_problem(value: Any) -> str | None:

@@ -6,6 +6,7 @@ import math
 
 from marshmallow import Schema, ValidationError, fields, validate, validates, validates_schema
 
+from ..i18n import _l
 from .common import MAX_ID, IdList, PageArgs, StrictSchema, TagNames
 
 CUSTOM_KEY = validate.Regexp(r"^[a-z0-9_]{1,64}$", error="custom field keys use a-z, 0-9 and _")
@@ -100,8 +101,12 @@ class DeletedOut(Schema):
     deleted = fields.Integer()
 
 
+_TAG_NAME = validate.Length(min=1, max=100, error=_l("Give the tag a name of 1 to 100 characters."))
+_VIEW_NAME = validate.Length(min=1, max=100, error=_l("Give the view a name of 1 to 100 characters."))
+
+
 class TagIn(StrictSchema):
-    name = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    name = fields.String(required=True, validate=_TAG_NAME)
     color = fields.String(
         load_default=None, validate=validate.Regexp(r"^#[0-9a-fA-F]{6}$", error="a color like #5b8def")
     )
@@ -115,13 +120,13 @@ class TagOut(Schema):
 
 
 class ViewIn(StrictSchema):
-    name = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    name = fields.String(required=True, validate=_VIEW_NAME)
     description = fields.String(load_default="", validate=validate.Length(max=2000))
     rules = fields.Dict(required=True, metadata={"description": "rules tree, see README"})
 
 
 class ViewPatch(StrictSchema):
-    name = fields.String(validate=validate.Length(min=1, max=100))
+    name = fields.String(validate=_VIEW_NAME)
     description = fields.String(validate=validate.Length(max=2000))
     rules = fields.Dict()
 

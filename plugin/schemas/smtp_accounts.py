@@ -12,8 +12,8 @@ from typing import Any
 
 from marshmallow import EXCLUDE, Schema, fields, pre_load, validate
 
-from ..i18n import _, _l
-from .common import text_problem
+from ..i18n import _l
+from .common import Message, text_problem
 
 SECURITY_CHOICES = ("starttls", "ssl", "none")
 #: Daily limit offered for a new account: personal mailboxes (QQ, 163) refuse a few hundred a day.
@@ -30,16 +30,6 @@ _SELECTOR = validate.Regexp(
 )
 
 
-class _Message(str):
-    """A field error message that marshmallow keeps as a plain ``str`` (it refuses lazy strings for
-    ``error_messages``) and that is translated when the error is raised, in the user's language."""
-
-    __slots__ = ()
-
-    def format(self, *args: Any, **kwargs: Any) -> str:
-        return _(str(self)).format(*args, **kwargs)
-
-
 _OPTIONAL = ("username", "password", "send_rate", "dkim_selector", "dkim_private_key")
 
 
@@ -54,20 +44,20 @@ class SmtpAccountIn(Schema):
     name = fields.String(
         required=True,
         validate=validate.Length(min=1, max=120, error=_l("Give the account a name of 1 to 120 characters.")),
-        error_messages={"required": _Message(_l("Give the account a name, for example “Sales mailbox”."))},
+        error_messages={"required": Message(_l("Give the account a name, for example “Sales mailbox”."))},
     )
     host = fields.String(
         required=True,
         validate=[validate.Length(max=255), _HOST],
-        error_messages={"required": _Message(_l("Enter the SMTP server, for example smtp.exmail.qq.com."))},
+        error_messages={"required": Message(_l("Enter the SMTP server, for example smtp.exmail.qq.com."))},
     )
     port = fields.Integer(
         required=True,
         strict=False,
         validate=validate.Range(min=1, max=65535, error=_l("Enter a port from 1 to 65535.")),
         error_messages={
-            "required": _Message(_l("Enter a port from 1 to 65535.")),
-            "invalid": _Message(_l("Enter a port from 1 to 65535.")),
+            "required": Message(_l("Enter a port from 1 to 65535.")),
+            "invalid": Message(_l("Enter a port from 1 to 65535.")),
         },
     )
     security = fields.String(load_default="starttls", validate=validate.OneOf(SECURITY_CHOICES))
@@ -80,7 +70,7 @@ class SmtpAccountIn(Schema):
             validate.Length(max=320),
             validate.Email(error=_l("Enter a valid email address, such as sales@example.com.")),
         ],
-        error_messages={"required": _Message(_l("Enter the address mails are sent from."))},
+        error_messages={"required": Message(_l("Enter the address mails are sent from."))},
     )
     daily_limit = fields.Integer(
         load_default=DEFAULT_DAILY_LIMIT, validate=validate.Range(min=1, max=10_000_000)
