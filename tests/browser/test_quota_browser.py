@@ -60,6 +60,9 @@ def test_refresh_chart_forecast_and_caps(page, users, workspace, simulator):
     # language (days needed: 1,300 today and 1,700 tomorrow).
     figures = page.locator("#forecast-result dd").all_inner_texts()
     assert figures == ["¥2.10", "1,300", "2,000", "2"]
+    # A third decimal when it is not zero, as the campaign page writes it (0.0007 × 50).
+    page.fill("#forecast-recipients", "50")
+    page.wait_for_function("document.querySelector('#forecast-result dd').innerText === '¥0.035'")
 
     page.select_option("#cap-scope", "team")
     page.fill("#cap-subject", "east")

@@ -7,8 +7,9 @@
   if (!form) return;
   const text = JSON.parse(document.getElementById("campaign-form-text").textContent);
   const numbers = new Intl.NumberFormat(document.documentElement.lang || undefined);
+  // Money as the pages write it: two decimals, a third when not zero, cut (never rounded up).
   const money = new Intl.NumberFormat(document.documentElement.lang || undefined,
-    { minimumFractionDigits: 2, maximumFractionDigits: 2 });
+    { minimumFractionDigits: 2, maximumFractionDigits: 3, roundingMode: "trunc" });
   const counts = document.getElementById("audience-counts");
   const problem = document.getElementById("audience-problem");
   const forecast = document.getElementById("forecast");
@@ -65,7 +66,7 @@
     const cell = function (key) { return forecast.querySelector('[data-forecast="' + key + '"]'); };
     cell("recipients").textContent = numbers.format(data.recipients);
     cell("estimated_cost").textContent = data.channel === "smtp" ? text.noCost
-      : text.currency + money.format(Number(Number(data.estimated_cost || 0).toFixed(2)));
+      : text.currency + money.format(Number(data.estimated_cost || 0));
     cell("remaining_today").textContent = data.remaining_today === null ? text.unknown : numbers.format(data.remaining_today);
     cell("days_needed").textContent = data.days_needed === null ? text.unknown
       : (data.days_needed <= 1 ? text.oneDay : text.days.replace("%(n)s", data.days_needed));

@@ -39,8 +39,9 @@
   // The symbol comes from the server (translated), the digit grouping from the page's language.
   const currency = result.getAttribute("data-currency") || "";
   const numbers = new Intl.NumberFormat(document.documentElement.lang || undefined);
+  // Money as the pages write it: two decimals, a third when not zero, cut (never rounded up).
   const money = new Intl.NumberFormat(document.documentElement.lang || undefined,
-    { minimumFractionDigits: 2, maximumFractionDigits: 2 });
+    { minimumFractionDigits: 2, maximumFractionDigits: 3, roundingMode: "trunc" });
   let timer = null;
   function count(value) {
     return value === null || value === undefined ? null : numbers.format(value);
@@ -49,8 +50,7 @@
     result.textContent = "";
     const dl = document.createElement("dl");
     dl.className = "forecast-figures";
-    // toFixed first keeps the rounding the figure always had; Intl only adds the grouping.
-    const cost = currency + money.format(Number(Number(f.estimated_cost).toFixed(2)));
+    const cost = currency + money.format(Number(f.estimated_cost));
     [[labels.cost, cost], [labels.today, count(f.remaining_today)],
      [labels.perDay, count(f.per_day)], [labels.days, count(f.days_needed)]].forEach(function (pair) {
       const dt = document.createElement("dt"); dt.textContent = pair[0];
