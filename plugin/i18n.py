@@ -13,7 +13,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from babel import Locale, UnknownLocaleError
-from babel.dates import format_date, format_skeleton, format_time, get_datetime_format
+from babel.dates import format_date, format_skeleton, format_time, get_datetime_format, get_timezone_location
 from babel.numbers import format_decimal
 from flask import current_app, g, has_request_context, request, session
 from flask_babel import Babel, Domain, get_locale
@@ -141,6 +141,53 @@ def format_money(value: decimal.Decimal | float | int | None) -> str:
     amount = decimal.Decimal(str(value)).quantize(decimal.Decimal("0.001"), rounding=decimal.ROUND_FLOOR)
     sign = "-" if amount < 0 else ""
     return f"{sign}¥{format_decimal(abs(amount), '#,##0.00#', locale=current_locale())}"
+
+
+#: Zones the header's picker offers (the user's own, and the browser's, are added when missing).
+COMMON_TIMEZONES = (
+    "Asia/Shanghai",
+    "Asia/Hong_Kong",
+    "Asia/Taipei",
+    "Asia/Singapore",
+    "Asia/Tokyo",
+    "Asia/Seoul",
+    "Asia/Kolkata",
+    "Asia/Dubai",
+    "Europe/London",
+    "Europe/Paris",
+    "Europe/Berlin",
+    "Europe/Moscow",
+    "America/New_York",
+    "America/Chicago",
+    "America/Los_Angeles",
+    "America/Sao_Paulo",
+    "Australia/Sydney",
+    "UTC",
+)
+
+
+def timezone_label(zone: str) -> str:
+    """ "UTC+08:00 Shanghai", "UTC+08:00 上海": the offset now, then the zone's city in the user's
+    language (short enough for the header)."""
+    now = dt.datetime.now(ZoneInfo(zone))
+    offset = now.strftime("%z")
+    offset_text = f"UTC{offset[:3]}:{offset[3:]}" if offset not in ("+0000", "") else "UTC"
+    if zone == "UTC":
+        return offset_text
+    return f"{offset_text} {get_timezone_location(zone, locale=current_locale(), return_city=True)}"
+
+
+def timezone_choices() -> list[tuple[str, str]]:
+    """(zone, label) for the header's picker, west to east, the user's zone among them."""
+    zones = set(COMMON_TIMEZONES) | {preferred_timezone()}
+    now = dt.datetime.now(dt.UTC)
+    valid = []
+    for zone in zones:
+        try:
+            valid.append((now.astimezone(ZoneInfo(zone)).utcoffset(), zone))
+        except (ZoneInfoNotFoundError, ValueError):
+            continue
+    return [(zone, timezone_label(zone)) for _offset, zone in sorted(valid)]
 
 
 def format_number(value: float | int | None) -> str:

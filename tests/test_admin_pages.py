@@ -189,3 +189,19 @@ def test_unknown_locale_or_time_zone_is_refused(login):
     assert browser.post("/marketing/preferences", data={"timezone": "Mars/Olympus"}).status_code == 400
     ok = browser.post("/marketing/preferences", data={"timezone": "Europe/Berlin"})
     assert ok.status_code == 302
+
+
+def test_every_page_offers_the_time_zone_its_times_are_shown_in(login):
+    """The header's picker: Shanghai by default, labelled with its offset and place in the page's
+    language; a zone picked there (any valid one, also outside the list) is selected afterwards."""
+    browser = login("marketer")
+    page = browser.get("/marketing/").get_data(as_text=True)
+    picker = re.search(r'<select name="timezone" id="timezone-select".*?</select>', page, re.S).group(0)
+    assert re.search(r'<option value="Asia/Shanghai" selected>UTC\+08:00 Shanghai</option>', picker)
+    assert '<option value="America/New_York"' in picker
+    browser.post("/marketing/preferences", data={"timezone": "Africa/Nairobi", "next": "/marketing/"})
+    page = browser.get("/marketing/").get_data(as_text=True)
+    assert re.search(r'<option value="Africa/Nairobi" selected>UTC\+03:00 Nairobi</option>', page)
+    browser.post("/marketing/preferences", data={"locale": "zh_CN", "next": "/marketing/"})
+    chinese = browser.get("/marketing/").get_data(as_text=True)
+    assert "UTC+08:00 上海</option>" in chinese

@@ -26,10 +26,22 @@ def test_language_switch_is_remembered(page, users):
     log_in(page, "admin")
     page.goto("/marketing/")
     with page.expect_navigation():
-        page.select_option("#locale-form select", "en")
+        page.select_option("#locale-form select[name=locale]", "en")
     assert page.locator("html").get_attribute("lang") == "en"
     page.goto("/marketing/tokens")
     assert page.locator("html").get_attribute("lang") == "en"
     with page.expect_navigation():
-        page.select_option("#locale-form select", "zh_CN")
+        page.select_option("#locale-form select[name=locale]", "zh_CN")
     assert page.locator("html").get_attribute("lang") == "zh-CN"
+
+
+def test_time_zone_picker_changes_the_zone_and_offers_the_browsers(page, users):
+    """The browser's own zone is among the choices (added as "this computer" when the list lacks it)."""
+    log_in(page, "admin")
+    page.goto("/marketing/")
+    own = page.evaluate("Intl.DateTimeFormat().resolvedOptions().timeZone")
+    values = page.locator("#timezone-select option").evaluate_all("(os) => os.map((o) => o.value)")
+    assert own in values
+    with page.expect_navigation():
+        page.select_option("#timezone-select", "America/New_York")
+    assert page.locator("#timezone-select").input_value() == "America/New_York"

@@ -10,6 +10,18 @@
     options.credentials = "same-origin";
     return fetch(url, options);
   };
+  // The time-zone picker offers the browser's own zone when the list lacks it.
+  const zones = document.getElementById("timezone-select");
+  if (zones && window.Intl) {
+    const own = Intl.DateTimeFormat().resolvedOptions().timeZone;
+    const known = Array.prototype.some.call(zones.options, function (o) { return o.value === own; });
+    if (own && !known) {
+      const option = document.createElement("option");
+      option.value = own;
+      option.textContent = (zones.getAttribute("data-browser-label") || "%(zone)s").replace("%(zone)s", own);
+      zones.appendChild(option);
+    }
+  }
   // <form data-confirm="..."> asks before submitting (destructive actions).
   document.addEventListener("submit", function (event) {
     const form = event.target;
