@@ -806,7 +806,7 @@ def _validate_domain_name(raw: str) -> str:
     if isinstance(result, list | tuple) and result:
         raise InvalidInput(str(result[0]), field="domain")
     if result is False:
-        raise InvalidInput(_("Use letters, digits and hyphens only."), field="domain")
+        raise InvalidInput(_("Use letters, digits, hyphens and dots only."), field="domain")
     return _deliverable(candidate.lower().rstrip("."))
 
 

@@ -256,6 +256,7 @@ def test_test_send_and_review_through_the_simulator(login, session, workspace, a
     )
     assert too_many.status_code == 422
     assert re.search(r'id="test-addresses-error">[^<]*at most 5', text(too_many))
+    assert re.search(r'id="test-addresses"[^>]*autofocus', text(too_many))  # the page opens at the error
 
     assert browser.post(f"/marketing/templates/{template.id}/review/submit", data={}).status_code == 302
     session.refresh(template)
