@@ -53,6 +53,11 @@ def preferred_timezone() -> str:
     return name or _settings().default_timezone
 
 
+def shown_timezone() -> str:
+    """The zone pages are really shown in: the user's pick, or the default when that is unusable."""
+    return user_timezone().key
+
+
 def user_timezone() -> ZoneInfo:
     try:
         return ZoneInfo(preferred_timezone())
@@ -174,12 +179,16 @@ def timezone_label(zone: str) -> str:
     offset_text = f"UTC{offset[:3]}:{offset[3:]}" if offset not in ("+0000", "") else "UTC"
     if zone == "UTC":
         return offset_text
-    return f"{offset_text} {get_timezone_location(zone, locale=current_locale(), return_city=True)}"
+    try:
+        city = get_timezone_location(zone, locale=current_locale(), return_city=True)
+    except LookupError:  # a zone the tz database has and Babel's data lacks ("Factory")
+        city = zone
+    return f"{offset_text} {city}"
 
 
 def timezone_choices() -> list[tuple[str, str]]:
     """(zone, label) for the header's picker, west to east, the user's zone among them."""
-    zones = set(COMMON_TIMEZONES) | {preferred_timezone()}
+    zones = set(COMMON_TIMEZONES) | {shown_timezone()}
     now = dt.datetime.now(dt.UTC)
     valid = []
     for zone in zones:

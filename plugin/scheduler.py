@@ -142,14 +142,20 @@ def start_campaign(
 def _back_to_draft(session: Any, campaign_id: int, why: str) -> None:
     """A due campaign that cannot start goes back to draft with the reason on its page, instead
     of failing again on every tick while the list keeps calling it scheduled."""
-    campaign = session.get(Campaign, campaign_id)
     try:
+        campaign = session.get(Campaign, campaign_id)
+        if campaign is None:  # deleted meanwhile
+            return
         lifecycle.transition(session, campaign, lifecycle.DRAFT)
+        campaign.last_error = why[:1000]
+        session.commit()
     except InvalidTransition:  # a user moved it meanwhile: theirs is the last word
         session.rollback()
         return
-    campaign.last_error = why[:1000]
-    session.commit()
+    except Exception:  # never the end of the tick: the other due campaigns still start
+        session.rollback()
+        log.exception("campaign %s could not be sent back to draft (%s)", campaign_id, why)
+        return
     log.warning("campaign %s went back to draft: %s", campaign_id, why)
 
 

@@ -473,8 +473,9 @@ class SetupWizard:
                 setattr(account, f"{kind}_api_user", info.name)
                 setattr(account, f"{kind}_api_key_encrypted", self.secrets.encrypt(new_key))
                 names[kind] = info.name
-                # Flush each key as soon as it exists: SendCloud will not show it again.
-                self.session.flush()
+                # Commit each key as soon as it exists: SendCloud will not show it again, and an
+                # error creating the next user rolls back whatever is only flushed.
+                self.session.commit()
         finally:
             _close(client)
         self._set_notes(api_users={"batch": names["batch"], "trigger": names["trigger"]})
@@ -532,7 +533,7 @@ class SetupWizard:
         account = self.account()
         if account is not None:
             _valid_app_key(account, app_key)
-        self.setup_api_users()
+        self.setup_api_users()  # commits each new API_USER's key as it is created
         self.session.commit()
         self.register_webhook(app_key)
         self._advance("senders")

@@ -205,3 +205,15 @@ def test_every_page_offers_the_time_zone_its_times_are_shown_in(login):
     browser.post("/marketing/preferences", data={"locale": "zh_CN", "next": "/marketing/"})
     chinese = browser.get("/marketing/").get_data(as_text=True)
     assert "UTC+08:00 上海</option>" in chinese
+
+
+def test_a_zone_babel_cannot_name_still_renders_and_can_be_left(login):
+    """ "Factory" is in the tz database but not in Babel's data: pages used to answer 500 for that
+    user, header included, so they could not even switch back."""
+    browser = login("marketer")
+    browser.post("/marketing/preferences", data={"timezone": "Factory", "next": "/marketing/"})
+    page = browser.get("/marketing/")
+    assert page.status_code == 200
+    assert '<option value="Factory" selected>' in page.get_data(as_text=True)
+    browser.post("/marketing/preferences", data={"timezone": "Asia/Shanghai", "next": "/marketing/"})
+    assert '<option value="Asia/Shanghai" selected>' in browser.get("/marketing/").get_data(as_text=True)

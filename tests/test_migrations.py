@@ -155,3 +155,16 @@ def test_sqlite_ids_of_deleted_tags_and_templates_are_never_given_again(app_conf
             )
         )
         assert conn.execute(sa.text("SELECT id FROM marketing_tags WHERE name = 'new'")).scalar() == 3
+
+
+def test_a_half_done_sqlite_rebuild_is_cleaned_up_and_retried(app_config, tmp_path):
+    """pysqlite commits a batch rebuild's CREATE TABLE at once: a failed migration left the copy
+    behind and every retry failed on it.  The next run drops it (its original still exists)."""
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'h.db'}")
+    migrate.upgrade(engine, "0008")
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE _alembic_tmp_marketing_tags (id INTEGER)"))
+    migrate.upgrade(engine)
+    names = sa.inspect(engine).get_table_names()
+    assert "_alembic_tmp_marketing_tags" not in names
+    assert "marketing_tags" in names

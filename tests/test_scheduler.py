@@ -281,6 +281,14 @@ def test_a_campaign_whose_tag_was_deleted_goes_back_to_draft_saying_why(
     assert session.get(Campaign, campaign.id).last_error is None
 
 
+def test_going_back_to_draft_never_ends_the_tick(app, session):
+    """A campaign deleted meanwhile (or a database error) is logged, not raised into the tick."""
+    from plugin.scheduler import _back_to_draft
+
+    with app.app_context():
+        _back_to_draft(session, 987654, "gone")  # no such campaign: nothing to do, no error
+
+
 def test_quota_paused_campaign_resumes_after_the_provider_day_rolls_over(
     app, session, workspace, sim, executor
 ):

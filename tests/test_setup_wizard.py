@@ -292,6 +292,30 @@ def test_webhook_app_key_is_required(session, workspace, simulator, dns_server):
     assert wizard.account().batch_api_user.endswith("_batch")  # no numbered sibling
 
 
+def test_a_created_api_user_is_kept_when_the_next_one_fails(session, workspace, simulator, dns_server):
+    """The batch user exists, the trigger user's creation fails: the batch key is committed."""
+    wizard = through_dns(session, workspace.id, dns_server)
+    wizard_add = wizard._add_api_user
+
+    def add_then_fail(client, kind, domain_name, taken):  # SendCloud fails the second apiuser/add
+        if kind == "trigger":
+            simulator.simulator.faults.fail_endpoints = "apiuser/add"
+        return wizard_add(client, kind, domain_name, taken)
+
+    wizard._add_api_user = add_then_fail
+    with pytest.raises(InvalidInput):
+        wizard.finish_api_users("app-key-from-console-123")
+    session.rollback()
+    simulator.simulator.faults.fail_endpoints = ""
+    account = make_wizard(session, workspace.id).account()
+    assert account.batch_api_user.endswith("_batch")
+    assert account.batch_api_key_encrypted
+    again = make_wizard(session, workspace.id)
+    again.finish_api_users("app-key-from-console-123")
+    session.commit()
+    assert again.account().batch_api_user == account.batch_api_user  # reused, not "_batch2"
+
+
 def test_api_users_are_kept_when_the_webhook_call_fails(session, workspace, simulator, dns_server):
     """SendCloud shows a new API_USER's key once: a failing webhook call must not roll it back."""
     wizard = through_dns(session, workspace.id, dns_server)

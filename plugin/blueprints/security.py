@@ -84,7 +84,7 @@ def install_template_globals(app: Flask) -> None:
         mkt_ngettext=i18n.ngettext,
         mkt_locale=i18n.preferred_locale,
         mkt_locales=i18n.available_locales,
-        mkt_timezone=i18n.preferred_timezone,
+        mkt_timezone=i18n.shown_timezone,
         mkt_timezones=i18n.timezone_choices,
     )
     env.filters["mkt_datetime"] = i18n.format_datetime

@@ -1098,7 +1098,7 @@ class SendCloudSimulator:
             fail = (
                 faults.fail_next > 0
                 or (faults.error_rate > 0 and self._random.random() < faults.error_rate)
-                or (bool(faults.fail_endpoints) and endpoint in faults.fail_endpoints.split(","))
+                or endpoint in {name.strip() for name in faults.fail_endpoints.split(",") if name.strip()}
             )
             if faults.fail_next > 0:
                 faults.fail_next -= 1
