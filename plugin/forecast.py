@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from . import allocation, quota
 from .config import Settings
-from .i18n import _, format_number
+from .i18n import _, format_money, format_number
 from .models import AccountSnapshot, ProviderAccount, QuotaLedger, utcnow
 from .quota_sync import latest_snapshot, trigger_share_for
 
@@ -221,15 +221,6 @@ def _stale(snapshot: AccountSnapshot | None, settings: Settings, now: dt.datetim
     return snapshot is None or now - snapshot.fetched_at > dt.timedelta(minutes=settings.quota_stale_minutes)
 
 
-def _yuan(amount: Decimal) -> str:
-    """An amount in yuan as every page shows it (never rounded up: "the available ¥100.00 does
-    not cover ¥100.00" was 99.995 against 100); formatted outside ``_()`` because Babel's
-    extractor warns about (and skips) f-strings inside a translation call."""
-    from .i18n import format_money
-
-    return format_money(amount)
-
-
 def _messages(
     *,
     recipients: int,
@@ -273,8 +264,8 @@ def _messages(
         out.append(
             _(
                 "The available balance (%(available)s) does not cover the estimated cost (%(cost)s).",
-                available=_yuan(available),
-                cost=_yuan(cost),
+                available=format_money(available),
+                cost=format_money(cost),
             )
         )
     return out

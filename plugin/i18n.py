@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from babel import Locale, UnknownLocaleError
 from babel.dates import format_date, format_skeleton, format_time, get_datetime_format, get_timezone_location
 from babel.numbers import format_decimal
-from flask import current_app, g, has_request_context, request, session
+from flask import current_app, has_request_context, request, session
 from flask_babel import Babel, Domain, get_locale
 
 TRANSLATIONS_DIR = Path(__file__).parent / "translations"
@@ -113,8 +113,7 @@ def _users_day(value: dt.date) -> dt.date:
 def _users_time(value: dt.datetime) -> dt.datetime:
     if value.tzinfo is None:
         value = value.replace(tzinfo=dt.UTC)
-    cache = g.setdefault("_marketing_tz", None) if has_request_context() else None
-    return value.astimezone(cache or user_timezone())
+    return value.astimezone(user_timezone())
 
 
 def format_day(value: dt.date | None) -> str:

@@ -94,7 +94,7 @@ def campaign_page(campaign_id: int):
         "domain": stats.breakdown(state.session, ws, campaign_id, "domain", limit=stats.DOMAIN_ROWS),
     }
     labels = stats.metric_labels()
-    period_labels = [_period_label(p, by, tz) for p in series.periods]
+    period_labels = [i18n.chart_day(p) if by == "day" else i18n.chart_hour(p) for p in series.periods]
     chart = {
         "funnel": {
             "labels": [labels[m] for m, _n, _s in summary.funnel],
@@ -138,11 +138,6 @@ def _timeline(
         by = "hour"
         series = stats.time_series(session, workspace_id, campaign_id, by=by, tz=tz)
     return by, series
-
-
-def _period_label(start: dt.datetime, by: str, tz: dt.tzinfo) -> str:
-    local = start.astimezone(tz)
-    return i18n.chart_day(local) if by == "day" else i18n.chart_hour(local)
 
 
 # -- account -------------------------------------------------------------------------------------

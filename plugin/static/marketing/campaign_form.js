@@ -7,13 +7,6 @@
   if (!form) return;
   const text = JSON.parse(document.getElementById("campaign-form-text").textContent);
   const numbers = new Intl.NumberFormat(document.documentElement.lang || undefined);
-  // Money as the pages write it: two decimals, a third when not zero, cut (never rounded up).
-  const money = new Intl.NumberFormat(document.documentElement.lang || undefined,
-    { minimumFractionDigits: 2, maximumFractionDigits: 3, roundingMode: "trunc" });
-  // The amount cut to thousandths in its decimal text first: browsers without roundingMode round.
-  function thousandths(value) {
-    return Number(String(value === null || value === undefined ? 0 : value).replace(/(\.\d{3})\d+$/, "$1"));
-  }
   const counts = document.getElementById("audience-counts");
   const problem = document.getElementById("audience-problem");
   const forecast = document.getElementById("forecast");
@@ -70,7 +63,7 @@
     const cell = function (key) { return forecast.querySelector('[data-forecast="' + key + '"]'); };
     cell("recipients").textContent = numbers.format(data.recipients);
     cell("estimated_cost").textContent = data.channel === "smtp" ? text.noCost
-      : text.currency + money.format(thousandths(data.estimated_cost));
+      : text.currency + window.mktMoney(data.estimated_cost);
     cell("remaining_today").textContent = data.remaining_today === null ? text.unknown : numbers.format(data.remaining_today);
     cell("days_needed").textContent = data.days_needed === null ? text.unknown
       : (data.days_needed <= 1 ? text.oneDay : text.days.replace("%(n)s", data.days_needed));

@@ -10,6 +10,15 @@
     options.credentials = "same-origin";
     return fetch(url, options);
   };
+  // Money as the pages write it (i18n.format_money): two decimals, a third when not zero, grouped
+  // in the page's language, cut to thousandths in its decimal text first (never rounded up, also
+  // in browsers without Intl's roundingMode).  The caller adds the currency symbol.
+  const money = new Intl.NumberFormat(document.documentElement.lang || undefined,
+    { minimumFractionDigits: 2, maximumFractionDigits: 3, roundingMode: "trunc" });
+  window.mktMoney = function (value) {
+    const text = String(value === null || value === undefined ? 0 : value);
+    return money.format(Number(text.replace(/(\.\d{3})\d+$/, "$1")));
+  };
   // The time-zone picker offers the browser's own zone when the list lacks it.
   const zones = document.getElementById("timezone-select");
   if (zones && window.Intl) {

@@ -39,13 +39,6 @@
   // The symbol comes from the server (translated), the digit grouping from the page's language.
   const currency = result.getAttribute("data-currency") || "";
   const numbers = new Intl.NumberFormat(document.documentElement.lang || undefined);
-  // Money as the pages write it: two decimals, a third when not zero, cut (never rounded up).
-  const money = new Intl.NumberFormat(document.documentElement.lang || undefined,
-    { minimumFractionDigits: 2, maximumFractionDigits: 3, roundingMode: "trunc" });
-  // The amount cut to thousandths in its decimal text first: browsers without roundingMode round.
-  function thousandths(value) {
-    return Number(String(value === null || value === undefined ? 0 : value).replace(/(\.\d{3})\d+$/, "$1"));
-  }
   let timer = null;
   function count(value) {
     return value === null || value === undefined ? null : numbers.format(value);
@@ -54,7 +47,7 @@
     result.textContent = "";
     const dl = document.createElement("dl");
     dl.className = "forecast-figures";
-    const cost = currency + money.format(thousandths(f.estimated_cost));
+    const cost = currency + window.mktMoney(f.estimated_cost);
     [[labels.cost, cost], [labels.today, count(f.remaining_today)],
      [labels.perDay, count(f.per_day)], [labels.days, count(f.days_needed)]].forEach(function (pair) {
       const dt = document.createElement("dt"); dt.textContent = pair[0];
