@@ -19,6 +19,7 @@ from plugin.models import (
     Contact,
     ContactTag,
     ProviderAccount,
+    SendBatch,
     Sender,
     Tag,
     Template,
@@ -295,9 +296,34 @@ def acme_account(
 
 
 def recipient_statuses(session, campaign_id: int) -> dict[str, int]:
+    """Recipients per status, the members of an open batch claimed as a range (PostgreSQL's
+    SendCloud claim: still ``pending`` in their rows until recorded) counted as ``sending``, as
+    a claim that marks its members stores them."""
+    ranges = session.execute(
+        select(SendBatch.range_after, SendBatch.range_upto, SendBatch.template_id, SendBatch.sender_id).where(
+            SendBatch.campaign_id == campaign_id,
+            SendBatch.status.in_(("claimed", "sending")),
+            SendBatch.range_upto.is_not(None),
+        )
+    ).all()
     counts: dict[str, int] = {}
-    for status in session.scalars(
-        select(CampaignRecipient.status).where(CampaignRecipient.campaign_id == campaign_id)
-    ):
+    rows = session.execute(
+        select(
+            CampaignRecipient.id,
+            CampaignRecipient.status,
+            CampaignRecipient.batch_id,
+            CampaignRecipient.template_id,
+            CampaignRecipient.sender_id,
+        ).where(CampaignRecipient.campaign_id == campaign_id)
+    )
+    for rid, status, batch_id, template_id, sender_id in rows:
+        if (
+            status == "pending"
+            and batch_id is None
+            and any(
+                after < rid <= upto and (t, s) == (template_id, sender_id) for after, upto, t, s in ranges
+            )
+        ):
+            status = "sending"
         counts[status] = counts.get(status, 0) + 1
     return counts

@@ -38,6 +38,9 @@ STEPS = (
     "batch:recorded",
     "batch:taken_over",
 )
+#: PostgreSQL's SendCloud claim takes a range of recipients (``runner._claim_range``): killed
+#: after its commit, before its members are read on, the batch is taken over by its range.
+PG_STEPS = ("batch:ranged",)
 SMTP_STEPS = ("batch:claimed", "batch:before_send", "smtp:after_send", "smtp:recorded", "batch:taken_over")
 
 
@@ -103,6 +106,10 @@ def _sendcloud_campaign(session, workspace, sim, n: int):
     return c.id, user
 
 
+def _steps(session) -> tuple[str, ...]:
+    return STEPS + PG_STEPS if session.get_bind().dialect.name == "postgresql" else STEPS
+
+
 def _run_with_kills(
     app_config, campaign_id: int, mails, *, random_kills: int, step_kills, seed: int
 ) -> list[str]:
@@ -144,7 +151,9 @@ def test_sendcloud_campaign_survives_kill_9_exactly_once(
     def mails():
         return [m for m in simulator.simulator.mails() if m.api_user == user]
 
-    log = _run_with_kills(app_config, campaign_id, mails, random_kills=random_kills, step_kills=STEPS, seed=n)
+    log = _run_with_kills(
+        app_config, campaign_id, mails, random_kills=random_kills, step_kills=_steps(session), seed=n
+    )
     counts = Counter(m.recipient for m in mails())
     assert len(counts) == n, log
     assert max(counts.values()) == 1, [r for r, k in counts.items() if k > 1][:5]
@@ -159,7 +168,7 @@ def test_sendcloud_campaign_of_100k_survives_20_random_kills(app, app_config, se
     def mails():
         return [m for m in simulator.simulator.mails() if m.api_user == user]
 
-    _run_with_kills(app_config, campaign_id, mails, random_kills=20, step_kills=STEPS, seed=7)
+    _run_with_kills(app_config, campaign_id, mails, random_kills=20, step_kills=_steps(session), seed=7)
     counts = Counter(m.recipient for m in mails())
     assert len(counts) == n
     assert max(counts.values()) == 1

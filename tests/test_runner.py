@@ -792,3 +792,73 @@ def test_tracked_links_are_stored_before_the_first_batch_goes_out(app, session, 
     links = session.scalars(select(TrackedLink).where(TrackedLink.campaign_id == c.id)).all()
     assert [link.url for link in links] == ["https://shop.example.com/sale"]
     assert f"/c/{links[0].id}/" in mail.html, "the delivered mail carries the stored link's id"
+
+
+@pytest.mark.skipif(
+    os.environ.get("MARKETING_TEST_DATABASE", "sqlite") != "postgres",
+    reason="batches are claimed as ranges of recipients on PostgreSQL only",
+)
+def test_a_range_batch_keeps_its_members_until_recorded_and_is_taken_over_by_its_range(
+    app, session, workspace, setup, tagged_campaign, sim
+):
+    """PostgreSQL's claim does not mark a batch's members: they stay ``pending`` in their rows
+    until recorded.  The one-by-one claim must never take them (a worker still holding the
+    batch would send them too), only what a record sent back to the queue; a worker that dies
+    after the claim leaves a batch taken over by its range, under its key."""
+    c = tagged_campaign(250)
+
+    def die(name: str) -> None:
+        if name == "batch:ranged":
+            raise RuntimeError("worker died")
+
+    dying = _ctx(app, on_step=die, batch_lease=dt.timedelta(seconds=0))
+    runner.start(session, c.id, dying)
+    with pytest.raises(RuntimeError, match="worker died"):
+        runner.run_batch(session, c.id, dying)
+    session.rollback()
+    batch = session.execute(select(SendBatch).where(SendBatch.campaign_id == c.id)).scalar_one()
+    assert (batch.status, batch.attempts, batch.range_after is not None) == ("sending", 1, True)
+    members = session.scalars(
+        select(CampaignRecipient.id)
+        .where(
+            CampaignRecipient.campaign_id == c.id,
+            CampaignRecipient.id > batch.range_after,
+            CampaignRecipient.id <= batch.range_upto,
+        )
+        .order_by(CampaignRecipient.id)
+    ).all()
+    assert len(members) == 100
+    assert kit.recipient_statuses(session, c.id) == {"sending": 100, "pending": 150}
+
+    row = session.execute(runner._BATCH_FACTS, {"cid": c.id}).one()
+    facts = runner._CampaignFacts.of(c.id, row)
+    look = _ctx(app)
+    # where ranges are claimed, the one-by-one claim finds nothing: the 150 above the cursor are
+    # the next ranges', the 100 below it the open batch's
+    assert runner._next_pending(session, facts, 100, look, True, ranged=True) is None
+    session.rollback()
+    # elsewhere (an SMTP account, several contents) it starts above the open batch's range
+    rows, _, _ = runner._next_pending(session, facts, 100, look, True, ranged=False)
+    assert min(r.id for r in rows) > batch.range_upto
+    session.rollback()
+    # a recipient a record sent back to the queue (pending, naming its last batch) is claimable
+    session.execute(
+        CampaignRecipient.__table__.update()
+        .where(CampaignRecipient.id == members[0])
+        .values(batch_id=batch.id)
+    )
+    rows, _, _ = runner._next_pending(session, facts, 100, look, True, ranged=True)
+    assert [r.id for r in rows] == [members[0]]
+    session.rollback()
+
+    ctx = _ctx(app)
+    assert runner.run_campaign(session, c.id, ctx) == runner.DONE
+    ctx.close()
+    counts = Counter(m.recipient for m in _mails_to(sim, setup["api_user"]))
+    assert len(counts) == 250
+    assert set(counts.values()) == {1}
+    session.expire_all()
+    taken = session.get(SendBatch, batch.id)
+    assert (taken.status, taken.attempts, taken.range_upto, taken.size) == ("sent", 2, None, 100)
+    assert kit.recipient_statuses(session, c.id) == {"accepted": 250}
+    assert session.get(Campaign, c.id).sent == 250

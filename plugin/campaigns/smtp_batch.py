@@ -324,7 +324,7 @@ _SMTP_FINAL = (
     "provider_message_id = ?, sent_at = ? WHERE id = ?"
 )
 _SMTP_RETRY = (
-    "UPDATE marketing_campaign_recipients SET status = 'pending', reason = ?, attempts = ?, batch_id = NULL "
+    "UPDATE marketing_campaign_recipients SET status = 'pending', reason = ?, attempts = ? "
     "WHERE id = ?"
 )
 #: The same two as server-side prepared statements for the pipelined PostgreSQL record, made

@@ -82,6 +82,11 @@ class Campaign(WorkspaceScoped, Timestamped, Base):
     audience_counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     #: Next batch sequence number to claim (batches are numbered 1, 2, ... per campaign).
     next_seq: Mapped[int] = mapped_column(default=1)
+    #: PostgreSQL's SendCloud claims (``runner._claim_range``): recipient ids up to ``claim_cursor``
+    #: are claimed; ``claim_from`` is where the last claim started (written by the same UPDATE,
+    #: so its RETURNING names both ends of the range it took).
+    claim_from: Mapped[int] = mapped_column(BigId, default=0, server_default="0")
+    claim_cursor: Mapped[int] = mapped_column(BigId, default=0, server_default="0")
     consecutive_failures: Mapped[int] = mapped_column(default=0)
     #: Earliest time the runner may try again (backoff after provider trouble, quota day).
     retry_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
@@ -172,6 +177,11 @@ class SendBatch(Base):
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    #: A batch claimed as a range (``runner._claim_range``): its members are the campaign's
+    #: pending recipients of its content with ``range_after < id <= range_upto`` and no batch;
+    #: both ``None`` once they are marked with the batch's id (``runner._mark_range``).
+    range_after: Mapped[int | None] = mapped_column(BigId)
+    range_upto: Mapped[int | None] = mapped_column(BigId)
 
 
 class TriggerMail(WorkspaceScoped, Base):
