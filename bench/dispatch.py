@@ -279,7 +279,7 @@ def main() -> int:
         child(args.child[0], args.child[1], int(args.child[2]), args.workers, args.durability)
         return 0
     if args.processes > 1 and args.db != "postgres":
-        p.error("--processes needs --db postgres (workers share a campaign through SKIP LOCKED)")
+        p.error("--processes needs --db postgres (workers share a campaign through its claim cursor)")
     if args.processes > 1 and args.profile_engine:
         p.error("--profile-engine profiles one runner in this process; leave out --processes")
 

@@ -17,7 +17,9 @@ worker needs the host's Flask app; two ways to start one:
 
 On PostgreSQL several workers may run one campaign together (``submit(..., parallel=n)``; by
 default ``MARKETING_CAMPAIGN_WORKERS`` tasks for a SendCloud campaign without a rate limit): the
-runner claims batches with ``FOR UPDATE SKIP LOCKED``, so they never share a recipient.  Worker
+runner claims a SendCloud batch as the next range of recipient ids (one UPDATE of the
+campaign's cursor, ``runner._claim_range``) and any other batch with ``FOR UPDATE SKIP LOCKED``,
+so they never share a recipient.  Worker
 processes do not share an interpreter lock, so on several cores they send faster than threads.
 
 Liveness: while a campaign runs, a heartbeat thread renews the lease ``marketing:run:<id>``
