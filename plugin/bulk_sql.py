@@ -19,11 +19,11 @@ import contextlib
 import datetime as dt
 import functools
 import itertools
-import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import orjson
 from sqlalchemy import Column, ColumnElement, any_, bindparam, event
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
@@ -86,7 +86,7 @@ def executemany(
     connection = session.connection()
     paramstyle = connection.dialect.paramstyle
     if postgres_sql is not None and connection.dialect.name == "postgresql":
-        payload = json.dumps(list(rows), default=_json_value, separators=(",", ":"))
+        payload = orjson.dumps(list(rows), default=_json_value).decode()
         if _on_psycopg(connection):
             _cursor(connection).execute(for_driver(postgres_sql, paramstyle), (payload,))
         else:

@@ -33,6 +33,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 from urllib.parse import unquote
 
+import orjson
 import urllib3
 from requests.utils import DEFAULT_CA_BUNDLE_PATH, get_environ_proxies
 from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError, ReadTimeoutError
@@ -276,8 +277,10 @@ def account_info_from_userinfo(info: Mapping[str, Any]) -> AccountInfo:
 # 100-recipient batch, more than the rest of the HTTP client.  Here each character that needs
 # quoting and occurs in the value is replaced everywhere at once (``str.replace`` runs in C;
 # ``%`` first so later escapes are not escaped again, space last so the ``+`` it becomes is not);
-# bytes of non-ASCII characters (UTF-8, read as Latin-1) are quoted by one regular expression.
-# A 100-recipient ``xsmtpapi`` value: 0.17 ms, against 0.7 ms for a ``str.translate`` table.
+# bytes of non-ASCII characters (UTF-8, read as Latin-1) are quoted by one regular expression,
+# a run of them at a time (``bytes.hex`` writes the run's escapes in C: a callback per byte cost
+# 2.6 ms for a 100-recipient ``xsmtpapi`` value with Chinese names and companies, 1.0 ms per run).
+# An ASCII 100-recipient value: 0.17 ms, against 0.7 ms for a ``str.translate`` table.
 # The HTML and text parts, identical in every batch of a campaign, are quoted once and reused.
 _FORM_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~")
 _FORM_TABLE = {i: "+" if i == 32 else chr(i) if i in _FORM_SAFE else f"%{i:02X}" for i in range(256)}
@@ -286,10 +289,22 @@ _FORM_ASCII = tuple(
     for i in sorted(range(128), key=lambda i: (i != ord("%"), i == ord(" "), i))
     if _FORM_TABLE[i] != chr(i)
 )
-_FORM_HIGH = re.compile("[\x80-\xff]")
+_FORM_HIGH = re.compile("[\x80-\xff]+")
 _FORM_HEADERS = {"Content-Type": "application/x-www-form-urlencoded"}
 #: Fields whose value is the same in every batch of a campaign (worth caching their encoding).
 _CONSTANT_FIELDS = frozenset({"html", "plain", "subject", "from", "fromName", "replyTo", "labelName"})
+
+
+def _loads(data: bytes) -> Any:
+    """An answer's JSON, ``None`` when it is not JSON (orjson; what it refuses and the standard
+    parser takes, e.g. integers beyond 64 bits, still reads)."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        try:
+            return json.loads(data)
+        except ValueError:
+            return None
 
 
 def _quote(value: str) -> str:
@@ -303,7 +318,7 @@ def _quote(value: str) -> str:
 
 
 def _quote_high(match: re.Match[str]) -> str:
-    return _FORM_TABLE[ord(match.group())]
+    return "%" + match.group().encode("latin-1").hex("%").upper()
 
 
 @functools.lru_cache(maxsize=64)
@@ -460,10 +475,7 @@ class SendCloudClient:
                 provider=PROVIDER_NAME,
                 retryable=True,
             )
-        try:
-            body = json.loads(data)
-        except ValueError:
-            body = None
+        body = _loads(data)
         if not isinstance(body, dict) or "result" not in body:
             raise ProviderError(
                 _(
@@ -651,7 +663,9 @@ def build_send_params(batch: BatchMessage) -> dict[str, Any]:
         "html": batch.html,
         "plain": batch.text or None,
         "replyTo": batch.reply_to or None,
-        "xsmtpapi": json.dumps(xsmtpapi, ensure_ascii=False, separators=(",", ":")),
+        # orjson: the same compact UTF-8 text as ``json.dumps(..., ensure_ascii=False)``, ~10x
+        # faster (a 100-recipient value with its tokens and names is the largest JSON of a batch)
+        "xsmtpapi": orjson.dumps(xsmtpapi).decode(),
         "sendRequestId": key,
         "respEmailId": True,
         "labelName": batch.label or None,
