@@ -42,8 +42,11 @@ from . import counters, suppression, tracking
 from .models import Campaign, CampaignRecipient, Event, utcnow
 
 _R = CampaignRecipient.__table__
-#: States a delivery event may lift a recipient out of.
-_IN_FLIGHT = ("sending", "accepted", "unknown")
+#: States a delivery event may lift a recipient out of.  ``pending``: the members of a batch
+#: claimed as a range (PostgreSQL's SendCloud claim, ``runner._claim_range``) stay pending in
+#: their rows until the provider's answer is recorded, and the provider's events can come first
+#: (a batch answered late, or re-sent after a time-out); the record keeps what they set.
+_IN_FLIGHT = ("pending", "sending", "accepted", "unknown")
 #: ``invalid`` substat → suppression reason (SendCloud codes; anything else is a hard bounce).
 _INVALID_REASONS = {"402": "unsubscribed", "404": "invalid", "406": "invalid", "407": "complaint"}
 DEFAULT_SOFT_BOUNCE_LIMIT = 3

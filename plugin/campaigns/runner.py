@@ -701,11 +701,9 @@ def _free_lease(session: Session, batch_id: int, now: dt.datetime) -> None:
 
 
 def _has_pending(session: Session, campaign_id: int) -> bool:
-    found = session.scalar(
-        select(CampaignRecipient.id)
-        .where(CampaignRecipient.campaign_id == campaign_id, CampaignRecipient.status == "pending")
-        .limit(1)
-    )
+    """Whether recipients wait for a claim (the members of another worker's range batch, still
+    pending in their rows, do not: their batch is in flight)."""
+    found = session.scalar(_WAITING, {"cid": campaign_id})
     session.rollback()
     return found is not None
 
@@ -800,8 +798,9 @@ _RESERVE_FIRST = "reserve-first"
 def _claim_then_reserve(
     session: Session, campaign: _CampaignFacts, account: _AccountFacts, ctx: RunContext, now: dt.datetime
 ) -> tuple[_Batch, list[Member], dict[int, Any]] | str:
-    """PostgreSQL's claim: recipients first, the quota last, committed in the same round trip as
-    the batch row.  Returns the committed batch, its members and their contacts;
+    """PostgreSQL's claim of a batch that is not taken as a range (an SMTP account, several
+    contents; see ``_claim_range``): recipients first, the quota last, committed in the same
+    round trip as the batch row.  Returns the committed batch, its members and their contacts;
     ``SKIPPED_ALL`` after committing the newly suppressed as skipped; ``_RESERVE_FIRST`` after
     rolling back when nothing was claimable here or the ledger could not cover them all.
 
@@ -944,51 +943,65 @@ def _claim_range(
     key = f"{params['key_prefix']}{seq}"
     batch = _Batch(batch_id, seq, key, "sending", template_id, sender_id, grant, lease_until, after, upto)
     ctx.step("batch:ranged")
-    rows = [row[4:] for row in claimed]
-    members, skipped = _drop_suppressed(session, campaign, rows)
-    if skipped:
-        _bump(session, campaign.id, skipped=len(skipped))
-    if not members:  # suppressed since the freeze, every one: close the empty batch
-        quota.give_back(session, grant)
-        _close_empty(session, batch.id, now)
-        session.commit()
-        return SKIPPED_ALL
-    if len(members) < grant.amount:  # the campaign's end, or some suppressed since the freeze
-        batch = dataclasses.replace(batch, grant=_shrink(session, grant, len(members), now))
-        session.execute(_RESIZE_BATCH, {"bid": batch.id, "size": len(members)})
     try:
-        contacts = _batch_contacts(session, campaign, members, ctx)
-    except InvalidInput as exc:
-        return _fail_batch(session, campaign, batch, members, str(exc), ctx, now, permanent=True)
-    session.commit()
+        rows = [row[4:] for row in claimed]
+        members, skipped = _drop_suppressed(session, campaign, rows)
+        if skipped:
+            _bump(session, campaign.id, skipped=len(skipped))
+        if not members:  # suppressed since the freeze, every one: close the empty batch
+            quota.give_back(session, grant)
+            _close_empty(session, batch.id, now)
+            session.commit()
+            return SKIPPED_ALL
+        if len(members) < grant.amount:  # the campaign's end, or some suppressed since the freeze
+            batch = dataclasses.replace(batch, grant=_shrink(session, grant, len(members), now))
+            session.execute(_RESIZE_BATCH, {"bid": batch.id, "size": len(members)})
+        try:
+            contacts = _batch_contacts(session, campaign, members, ctx)
+        except InvalidInput as exc:
+            return _fail_batch(session, campaign, batch, members, str(exc), ctx, now, permanent=True)
+        session.commit()
+    except Exception:
+        # The batch is committed: free its lease so the next run takes it over at once (its
+        # members marked then, the suppressed among them skipped, see ``_mark_range``).
+        session.rollback()
+        _free_lease(session, batch.id, now)
+        raise
     return batch, members, contacts
 
 
-def _mark_range(session: Session, campaign_id: int, batch: _Batch) -> _Batch:
+def _mark_range(session: Session, campaign: _CampaignLike, batch: _Batch) -> _Batch:
     """Mark a range batch's members with its id (``status='sending'``), as a claim by
     ``_claim`` would have, so taking it over, failing it or resending it reads them the usual
-    way; the batch forgets its range.  In the caller's transaction; the caller owns the batch
-    (its lease, or the claim that made it)."""
+    way; the batch forgets its range and its size becomes what was marked.  Members whose
+    address is suppressed are skipped here: a worker that died right after the claim never
+    committed the claim-time re-check.  In the caller's transaction; the caller owns the
+    batch (its lease, or the claim that made it)."""
     if batch.upto is None:
         return batch
     r = CampaignRecipient.__table__
-    session.execute(
-        r.update()
-        .where(
-            r.c.campaign_id == campaign_id,
-            r.c.status == "pending",
-            r.c.batch_id.is_(None),
-            r.c.id > batch.after,
-            r.c.id <= batch.upto,
-            r.c.template_id.is_not_distinct_from(batch.template_id),
-            r.c.sender_id.is_not_distinct_from(batch.sender_id),
-        )
-        .values(status="sending", batch_id=batch.id)
+    members = (
+        r.c.campaign_id == campaign.id,
+        r.c.status == "pending",
+        r.c.batch_id.is_(None),
+        r.c.id > batch.after,
+        r.c.id <= batch.upto,
+        r.c.template_id.is_not_distinct_from(batch.template_id),
+        r.c.sender_id.is_not_distinct_from(batch.sender_id),
     )
+    suppressed = exists().where(
+        Suppression.workspace_id == campaign.workspace_id, Suppression.email == r.c.email
+    )
+    skipped = session.execute(
+        r.update().where(*members, suppressed).values(status="skipped", reason="suppressed")
+    ).rowcount
+    if skipped:
+        _bump(session, campaign.id, skipped=skipped)
+    marked = session.execute(r.update().where(*members).values(status="sending", batch_id=batch.id)).rowcount
     session.execute(
         update(SendBatch)
         .where(SendBatch.id == batch.id)
-        .values(range_after=None, range_upto=None)
+        .values(range_after=None, range_upto=None, size=marked)
         .execution_options(synchronize_session=False)
     )
     return dataclasses.replace(batch, after=None, upto=None)
@@ -1016,7 +1029,8 @@ _RANGE_CLAIM = text(
     "updated_at = CAST(:touched AS timestamptz), claim_from = c.claim_cursor, "
     "claim_cursor = COALESCE((SELECT max(p.id) FROM ("
     "SELECT r.id FROM marketing_campaign_recipients AS r "
-    "WHERE r.campaign_id = c.id AND r.status = 'pending' AND r.id > c.claim_cursor "
+    "WHERE r.campaign_id = c.id AND r.status = 'pending' AND r.batch_id IS NULL "
+    "AND r.id > c.claim_cursor "
     "AND r.template_id IS NOT DISTINCT FROM CAST(:tid AS integer) "
     "AND r.sender_id IS NOT DISTINCT FROM CAST(:sid AS integer) "
     "ORDER BY r.id LIMIT CAST(:n AS integer)) AS p), c.claim_cursor) "
@@ -1163,7 +1177,7 @@ def _pending_query(template_id: int | None, sender_id: int | None, limit: int, p
             # below the cursor: theirs until recorded.  Where ranges are claimed (``:ranged``),
             # everything above the cursor is left to them too; what is claimed here is what a
             # record sent back to the queue (pending, still naming its last batch).
-            not_(and_(CampaignRecipient.id <= _CURSOR, CampaignRecipient.batch_id.is_(None))),
+            not_(_IN_A_RANGE),
             or_(bindparam("ranged", type_=Boolean) == false(), CampaignRecipient.id <= _CURSOR),
         )
         .order_by(CampaignRecipient.id)
@@ -1176,6 +1190,18 @@ _CURSOR = (
     select(Campaign.__table__.c.claim_cursor)
     .where(Campaign.__table__.c.id == bindparam("cid"))
     .scalar_subquery()
+)
+#: A recipient of the campaign ``:cid`` waiting for a claim: pending and not a member of a
+#: range batch (those are pending without a batch at or below the cursor).
+_IN_A_RANGE = and_(CampaignRecipient.id <= _CURSOR, CampaignRecipient.batch_id.is_(None))
+_WAITING = (
+    select(CampaignRecipient.id)
+    .where(
+        CampaignRecipient.campaign_id == bindparam("cid"),
+        CampaignRecipient.status == "pending",
+        not_(_IN_A_RANGE),
+    )
+    .limit(1)
 )
 
 
@@ -1340,7 +1366,7 @@ def _take_over_stale_batch(
         ranged = _Batch(
             batch_id, seq, key, status, template_id, sender_id, None, None, row.range_after, row.range_upto
         )
-        _mark_range(session, campaign.id, ranged)
+        _mark_range(session, campaign, ranged)
         session.commit()
     reservation_id, cap_reservation_id = row.reservation_id, row.cap_reservation_id
     last_attempt = row.lease_until - ctx.batch_lease if row.lease_until else row.created_at
@@ -1979,7 +2005,7 @@ def _fail_batch(
 ) -> str:
     """A permanent refusal of the whole batch: its recipients fail with the reason; never re-sent."""
     assert batch.grant is not None
-    batch = _mark_range(session, campaign.id, batch)
+    batch = _mark_range(session, campaign, batch)
     quota.give_back(session, batch.grant)
     session.execute(
         update(CampaignRecipient)

@@ -177,9 +177,10 @@ class SendBatch(Base):
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
-    #: A batch claimed as a range (``runner._claim_range``): its members are the campaign's
-    #: pending recipients of its content with ``range_after < id <= range_upto`` and no batch;
-    #: both ``None`` once they are marked with the batch's id (``runner._mark_range``).
+    #: A batch claimed as a range (``runner._claim_range``): until its answer is recorded, its
+    #: members are the campaign's pending recipients of its content with ``range_after < id <=
+    #: range_upto`` and no batch.  Cleared when a take-over or a failure marks them with the
+    #: batch's id (``runner._mark_range``); a recorded batch keeps it (its members name it).
     range_after: Mapped[int | None] = mapped_column(BigId)
     range_upto: Mapped[int | None] = mapped_column(BigId)
 

@@ -6,6 +6,9 @@ range on the batch row.  Marking wrote every recipient row one more time (a lock
 version and four index entries each), two fifths of the database's work per batch in the
 dispatch benchmark.  The recipients are written once, when the provider's answer is recorded.
 
+Upgrade with the campaign workers stopped: a worker of the previous version does not know the
+cursor and would claim the members of a range batch in flight a second time.
+
 Revision ID: 0010
 Revises: 0009
 Create Date: 2026-12-08 00:45:00
