@@ -33,7 +33,7 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -42,11 +42,23 @@ from . import counters, suppression, tracking
 from .models import Campaign, CampaignRecipient, Event, utcnow
 
 _R = CampaignRecipient.__table__
-#: States a delivery event may lift a recipient out of.  ``pending``: the members of a batch
-#: claimed as a range (PostgreSQL's SendCloud claim, ``runner._claim_range``) stay pending in
-#: their rows until the provider's answer is recorded, and the provider's events can come first
-#: (a batch answered late, or re-sent after a time-out); the record keeps what they set.
-_IN_FLIGHT = ("pending", "sending", "accepted", "unknown")
+#: States a delivery event may lift a recipient out of.
+_SENT_STATES = ("sending", "accepted", "unknown")
+_CAMPAIGNS = Campaign.__table__
+#: ... and a member of a batch claimed as a range (PostgreSQL's SendCloud claim,
+#: ``runner._claim_range``): pending in its row, without a batch, at or below the campaign's
+#: claim cursor, until the provider's answer is recorded.  The provider's events can come
+#: first (a batch answered late, or re-sent after a time-out); the record keeps what they set.
+#: A recipient merely waiting for its claim stays pending (an unsubscribe then skips it).
+_IN_FLIGHT = or_(
+    _R.c.status.in_(_SENT_STATES),
+    and_(
+        _R.c.status == "pending",
+        _R.c.batch_id.is_(None),
+        _R.c.id
+        <= select(_CAMPAIGNS.c.claim_cursor).where(_CAMPAIGNS.c.id == _R.c.campaign_id).scalar_subquery(),
+    ),
+)
 #: ``invalid`` substat → suppression reason (SendCloud codes; anything else is a hard bounce).
 _INVALID_REASONS = {"402": "unsubscribed", "404": "invalid", "406": "invalid", "407": "complaint"}
 DEFAULT_SOFT_BOUNCE_LIMIT = 3
@@ -280,9 +292,7 @@ def _apply(
 def _deliver(session: Session, row: _Row, at: dt.datetime, bump: Any) -> None:
     """In flight → delivered (counted once); delivered already, bounced or invalid: nothing."""
     result = session.execute(
-        _R.update()
-        .where(_R.c.id == row.id, _R.c.status.in_(_IN_FLIGHT))
-        .values(status="delivered", delivered_at=at)
+        _R.update().where(_R.c.id == row.id, _IN_FLIGHT).values(status="delivered", delivered_at=at)
     )
     if result.rowcount:
         row.delivered_at = at
@@ -309,7 +319,7 @@ def _fail(session: Session, row: _Row, new: str, at: dt.datetime, reason: str | 
         bump(new)
         return
     result = session.execute(
-        _R.update().where(_R.c.id == row.id, _R.c.status.in_(_IN_FLIGHT)).values(status=new, reason=reason)
+        _R.update().where(_R.c.id == row.id, _IN_FLIGHT).values(status=new, reason=reason)
     )
     if result.rowcount:
         bump(new)
