@@ -33,32 +33,24 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from . import counters, suppression, tracking
+from .campaigns.runner import in_open_range
 from .models import Campaign, CampaignRecipient, Event, utcnow
 
 _R = CampaignRecipient.__table__
 #: States a delivery event may lift a recipient out of.
 _SENT_STATES = ("sending", "accepted", "unknown")
-_CAMPAIGNS = Campaign.__table__
 #: ... and a member of a batch claimed as a range (PostgreSQL's SendCloud claim,
-#: ``runner._claim_range``): pending in its row, without a batch, at or below the campaign's
-#: claim cursor, until the provider's answer is recorded.  The provider's events can come
-#: first (a batch answered late, or re-sent after a time-out); the record keeps what they set.
-#: A recipient merely waiting for its claim stays pending (an unsubscribe then skips it).
-_IN_FLIGHT = or_(
-    _R.c.status.in_(_SENT_STATES),
-    and_(
-        _R.c.status == "pending",
-        _R.c.batch_id.is_(None),
-        _R.c.id
-        <= select(_CAMPAIGNS.c.claim_cursor).where(_CAMPAIGNS.c.id == _R.c.campaign_id).scalar_subquery(),
-    ),
-)
+#: ``runner._claim_range``), pending in its row until the provider's answer is recorded.  The
+#: provider's events can come first (a batch answered late, or re-sent after a time-out); the
+#: record keeps what they set.  A recipient merely waiting for its claim stays pending (an
+#: unsubscribe then skips it).
+_IN_FLIGHT = or_(_R.c.status.in_(_SENT_STATES), in_open_range(_R.c.campaign_id))
 #: ``invalid`` substat → suppression reason (SendCloud codes; anything else is a hard bounce).
 _INVALID_REASONS = {"402": "unsubscribed", "404": "invalid", "406": "invalid", "407": "complaint"}
 DEFAULT_SOFT_BOUNCE_LIMIT = 3

@@ -1191,9 +1191,27 @@ _CURSOR = (
     .where(Campaign.__table__.c.id == bindparam("cid"))
     .scalar_subquery()
 )
+
+
+def in_open_range(campaign_id: Any) -> Any:
+    """A recipient row that is a member of a range batch not yet recorded (``_claim_range``):
+    pending, without a batch, at or below its campaign's claim cursor.  ``campaign_id``: a
+    parameter, or the recipients' own column (correlated, as ``events`` uses it)."""
+    cursor = (
+        select(Campaign.__table__.c.claim_cursor)
+        .where(Campaign.__table__.c.id == campaign_id)
+        .scalar_subquery()
+    )
+    return and_(
+        CampaignRecipient.status == "pending",
+        CampaignRecipient.batch_id.is_(None),
+        CampaignRecipient.id <= cursor,
+    )
+
+
 #: A recipient of the campaign ``:cid`` waiting for a claim: pending and not a member of a
-#: range batch (those are pending without a batch at or below the cursor).
-_IN_A_RANGE = and_(CampaignRecipient.id <= _CURSOR, CampaignRecipient.batch_id.is_(None))
+#: range batch.
+_IN_A_RANGE = in_open_range(bindparam("cid"))
 _WAITING = (
     select(CampaignRecipient.id)
     .where(
